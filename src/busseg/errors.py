@@ -1,0 +1,22 @@
+"""Exceptions raised for bad user input.
+
+Every error that a user can cause (a missing file, a wrong layout, an unknown model) is raised
+as a :class:`BussegError` subclass with a message naming the file or value and the problem; the
+CLI prints the message without a traceback.
+"""
+
+
+class BussegError(Exception):
+    """Base class of every error busseg reports to a user."""
+
+
+class DataError(BussegError):
+    """A dataset, image or mask cannot be used (names the file and the problem)."""
+
+
+class ConfigError(BussegError):
+    """A recipe, option, split file or model name is wrong."""
+
+
+class CheckpointError(BussegError):
+    """A checkpoint is missing, corrupt or belongs to another model."""

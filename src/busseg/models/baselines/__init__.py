@@ -1,0 +1,1 @@
+"""Baselines the papers compare against, one module per family."""

@@ -1,0 +1,1 @@
+"""busseg.postprocess"""
