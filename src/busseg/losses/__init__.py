@@ -9,7 +9,14 @@
 Objectives are created by name through :func:`create_objective`.
 """
 
-from busseg.losses.registry import create_objective, list_objectives, register_objective
+from busseg.losses.registry import (
+    create_objective,
+    create_pixel_loss,
+    list_objectives,
+    list_pixel_losses,
+    register_objective,
+    register_pixel_loss,
+)
 
 from busseg.losses import pixel  # noqa: F401,E402
 from busseg.losses import structure  # noqa: F401,E402
@@ -19,4 +26,11 @@ from busseg.losses import elad_net  # noqa: F401,E402
 from busseg.losses import acsnet  # noqa: F401,E402
 from busseg.losses import dc_net  # noqa: F401,E402
 
-__all__ = ["create_objective", "list_objectives", "register_objective"]
+__all__ = [
+    "create_objective",
+    "create_pixel_loss",
+    "list_objectives",
+    "list_pixel_losses",
+    "register_objective",
+    "register_pixel_loss",
+]

@@ -48,3 +48,37 @@ def create_objective(name: str, **options) -> nn.Module:
         return _OBJECTIVES[name](**options)
     except TypeError as exc:
         raise ConfigError(f"loss {name!r}: {exc}") from exc
+
+
+_PIXEL_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_pixel_loss(name: str):
+    """Register a pixel loss (``forward(logits, target) -> scalar``) under ``name``."""
+
+    def wrap(factory):
+        if name in _PIXEL_LOSSES:
+            raise RuntimeError(f"pixel loss {name!r} registered twice")
+        _PIXEL_LOSSES[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_pixel_losses() -> list[str]:
+    import busseg.losses  # noqa: F401
+
+    return sorted(_PIXEL_LOSSES)
+
+
+def create_pixel_loss(name: str, **options) -> nn.Module:
+    import busseg.losses  # noqa: F401
+
+    if name not in _PIXEL_LOSSES:
+        raise ConfigError(
+            f"unknown pixel loss {name!r}; known: {', '.join(sorted(_PIXEL_LOSSES))}"
+        )
+    try:
+        return _PIXEL_LOSSES[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"pixel loss {name!r}: {exc}") from exc

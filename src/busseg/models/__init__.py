@@ -19,7 +19,7 @@ from busseg.models import elad_net  # noqa: F401,E402
 from busseg.models import hybrid_attention_net  # noqa: F401,E402
 from busseg.models import acsnet  # noqa: F401,E402
 from busseg.models import dc_net  # noqa: F401,E402
-from busseg.models import attention_unet_plus  # noqa: F401,E402
+from busseg.models import attention_unet  # noqa: F401,E402  (Oktay baseline + improved deeper variant)
 
 __all__ = [
     "ModelInfo",
