@@ -1,0 +1,52 @@
+"""``busseg cv``: cross-validation over every fold of a saved split."""
+
+from __future__ import annotations
+
+from busseg.cli._common import (add_dataset_options, add_recipe_options, add_trainer_options,
+                                data_options, resolve_recipe, trainer_options)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cv", help="cross-validate a model over all folds of a split",
+                       description="Train and test every fold of a split (saved file, or a new "
+                                   "group-aware split with the recipe's fold count), then report "
+                                   "per-fold metrics and mean ± std across folds.")
+    add_recipe_options(p)
+    add_dataset_options(p)
+    p.add_argument("--split", default=None, help="split JSON file (default: a new group-aware split)")
+    p.add_argument("--folds", default=None, help="comma-separated subset of folds, e.g. 0,1")
+    p.add_argument("--out", required=True, help="cross-validation directory (fold_k sub-directories)")
+    p.add_argument("--resume", action="store_true", help="skip finished folds and continue interrupted ones")
+    add_trainer_options(p)
+    p.set_defaults(func=run)
+
+
+def format_cv(cv: dict) -> str:
+    from busseg.metrics.aggregate import format_mean_std
+
+    lines = [f"{cv['model']}: {len(cv['folds'])} folds, {cv['n_images']} test images ({cv['aggregation']})"]
+    for key, title in (("segmentation", "segmentation"), ("segmentation_postprocessed", "post-processed")):
+        if key in cv:
+            parts = [f"{m} {format_mean_std(v['mean'], v['std'])}" for m, v in cv[key].items()
+                     if m in ("dice", "iou", "precision", "recall", "specificity")]
+            parts += [f"{m} {v['mean']:.2f} ± {v['std']:.2f} px" for m, v in cv[key].items() if m in ("hd95", "asd")]
+            lines.append(f"  {title}: " + ", ".join(parts))
+    for label, block in cv.get("by_class", {}).items():
+        lines.append(f"  {label}: Dice {format_mean_std(block['dice']['mean'], block['dice']['std'])}")
+    if "classification" in cv:
+        c = cv["classification"]
+        lines.append("  classification: " + ", ".join(
+            f"{k} {format_mean_std(c[k]['mean'], c[k]['std'])}" for k in ("accuracy", "precision", "recall", "f1", "auc") if k in c))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from busseg.engine.train import cross_validate
+
+    recipe = resolve_recipe(args)
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    cv = cross_validate(recipe, args.out, dataset=args.dataset, root=args.root, split=args.split, folds=folds,
+                        data_options=data_options(args), resume=args.resume, **trainer_options(args))
+    if cv:
+        print(format_cv(cv))
+    return 0

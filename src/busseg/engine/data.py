@@ -1,0 +1,99 @@
+"""Keeps the model busy: preprocessed arrays held in memory as tensors, batches gathered by
+index (no per-sample Python decoding), an epoch-seeded sampler so shuffling is reproducible and
+a resumed run sees the same order as an uninterrupted one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from busseg.data.preprocess import PreparedData, normalize
+
+
+class InMemoryTensors:
+    """Normalised image tensors ``[N,C,S,S]``, masks ``[N,1,S,S]`` and labels ``[N]``."""
+
+    def __init__(self, prepared: PreparedData, normalization: str, in_channels: int = 1) -> None:
+        images = torch.as_tensor(np.asarray(normalize(prepared.images, normalization), np.float32))
+        self.images = images[:, None].repeat(1, in_channels, 1, 1).contiguous()
+        self.masks = torch.as_tensor(prepared.masks, dtype=torch.float32)[:, None].contiguous()
+        self.labels = torch.as_tensor(np.asarray(prepared.labels), dtype=torch.long)
+        self.ids = list(prepared.ids)
+        self.index = {sid: i for i, sid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def indices(self, ids) -> list[int]:
+        return [self.index[i] for i in ids]
+
+    def gather(self, idx: list[int]) -> dict:
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return {
+            "image": self.images[t],
+            "mask": self.masks[t],
+            "label": self.labels[t],
+            "index": t,
+        }
+
+
+class _IndexDataset(Dataset):
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> int:
+        return self.indices[i]
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Permutation drawn from ``seed`` and the epoch (set by Lightning through ``set_epoch``),
+    sharded across DDP ranks (each rank takes every ``world_size``-th element, padded so that
+    all ranks see the same number of samples)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = -(-self.n // self.world_size)
+        order = (order * (1 + per_rank * self.world_size // max(1, self.n)))[: per_rank * self.world_size]
+        return iter(order[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size)
+
+
+def make_loader(
+    data: InMemoryTensors,
+    ids: list[str],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+) -> DataLoader:
+    positions = data.indices(ids)
+    sampler = EpochSeededSampler(len(positions), seed, shuffle, rank, world_size)
+    return DataLoader(
+        _IndexDataset(positions),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=data.gather,
+        drop_last=drop_last and len(positions) > batch_size,
+        num_workers=0,
+    )

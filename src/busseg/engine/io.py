@@ -1,0 +1,42 @@
+"""Atomic file writes: an interrupted run never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))

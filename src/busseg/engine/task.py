@@ -1,0 +1,141 @@
+"""The Lightning module every model trains with: model + objective + optimiser + schedule.
+
+Segmentation-only and multi-task models share it: the objective decides what it uses of the
+model's :class:`~busseg.models.output.ModelOutput`, validation reports Dice when the model
+segments and accuracy when it classifies.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from busseg.data.augment import BatchAugmenter
+from busseg.losses import create_objective
+from busseg.models import create_model, model_info
+
+
+def build_model_from_recipe(recipe: dict, encoder_weights: str | None = None) -> torch.nn.Module:
+    return create_model(
+        recipe["model"],
+        in_channels=recipe["in_channels"],
+        encoder_weights=encoder_weights if encoder_weights is not None else recipe["encoder_weights"],
+        **recipe["model_options"],
+    )
+
+
+def per_image_dice(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Hard Dice per image; both masks empty counts as 1 (busseg's empty-mask policy)."""
+    pred = (torch.sigmoid(logits.float()) > threshold).flatten(1).float()
+    tgt = (target > 0.5).flatten(1).float()
+    inter = (pred * tgt).sum(1)
+    denom = pred.sum(1) + tgt.sum(1)
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-9), torch.ones_like(denom))
+
+
+class SegmentationTask(L.LightningModule):
+    def __init__(self, recipe: dict, encoder_weights: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({"recipe": recipe})
+        self.recipe = recipe
+        self.model = build_model_from_recipe(recipe, encoder_weights)
+        self.info = model_info(recipe["model"])
+        # The objective may hold frozen networks (ACSNet's VGG LossNet); keeping it outside the
+        # module tree keeps them out of checkpoints. It is moved to the device in on_fit_start.
+        object.__setattr__(self, "objective", create_objective(**recipe["loss"]))
+        self.augmenter = BatchAugmenter.from_recipe(recipe["augmentation"])
+        self.seed = int(recipe["seed"])
+        self._val: dict[str, list[torch.Tensor]] = {}
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+    def on_fit_start(self) -> None:
+        self.objective.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout and any other global randomness restart from (seed, epoch): a run resumed
+        # from an epoch checkpoint continues exactly as the uninterrupted run would.
+        torch.manual_seed(self.seed * 7919 + self.current_epoch)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training and self.augmenter.enabled:
+            g = torch.Generator().manual_seed(
+                self.seed * 1_000_003 + self.current_epoch * 10_007 + int(batch["index"][0])
+            )
+            batch["image"], batch["mask"] = self.augmenter(batch["image"], batch["mask"], g)
+        return batch
+
+    def training_step(self, batch, batch_idx: int):
+        out = self.model(batch["image"])
+        loss, parts = self.objective(out, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {self.current_epoch}")
+        bs = batch["image"].shape[0]
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        for name, value in parts.items():
+            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int):
+        out = self.model(batch["image"])
+        loss, _ = self.objective(out, batch)
+        bs = batch["image"].shape[0]
+        self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        if out.seg is not None:
+            self._val.setdefault("dice", []).append(per_image_dice(out.seg, batch["mask"]))
+        if out.cls is not None:
+            known = batch["label"] >= 0
+            if known.any():
+                correct = (out.cls.argmax(1) == batch["label"])[known].float()
+                self._val.setdefault("acc", []).append(correct)
+
+    def on_validation_epoch_end(self) -> None:
+        for key, name in (("dice", "val_dice"), ("acc", "val_acc")):
+            values = self._val.get(key)
+            if values:
+                v = torch.cat(values)
+                self.log(name, v.mean(), prog_bar=True, sync_dist=True)
+        self._val = {}
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.recipe["optimizer"])
+        name = opt_cfg.pop("name")
+        cls = {
+            "adam": torch.optim.Adam,
+            "adamw": torch.optim.AdamW,
+            "adamax": torch.optim.Adamax,
+            "sgd": torch.optim.SGD,
+        }[name]
+        for key in ("betas",):
+            if key in opt_cfg:
+                opt_cfg[key] = tuple(opt_cfg[key])
+        optimizer = cls(self.model.parameters(), **opt_cfg)
+        sched_cfg = dict(self.recipe["scheduler"])
+        kind = sched_cfg.pop("name", "none")
+        epochs = self.recipe["epochs"]
+        if kind == "none":
+            return optimizer
+        if kind == "plateau":
+            monitor = sched_cfg.pop("monitor", self.recipe["validation"].get("monitor", "val_loss"))
+            mode = sched_cfg.pop("mode", "min" if "loss" in monitor else "max")
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, **sched_cfg)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
+        if kind == "poly":
+            power = float(sched_cfg.get("power", 0.9))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda e: max(0.0, 1 - e / epochs) ** power
+            )
+        elif kind == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=epochs, eta_min=float(sched_cfg.get("eta_min", 0.0))
+            )
+        elif kind == "step":
+            sched = torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=int(sched_cfg.get("step_size", max(1, epochs // 3))),
+                gamma=float(sched_cfg.get("gamma", 0.1)),
+            )
+        else:  # validated earlier
+            raise AssertionError(kind)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+

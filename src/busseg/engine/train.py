@@ -1,0 +1,333 @@
+"""Training one fold (``train_fold``) and every fold of a split (``cross_validate``).
+
+A run directory holds everything needed to check and repeat it::
+
+    <run>/recipe.yaml        the resolved recipe (after command-line overrides)
+    <run>/split.json         the split file used (the fold's ids are in run.json too)
+    <run>/run.json           command, seed, dataset, fold, versions, encoder weights used, status
+    <run>/checkpoints/       last.ckpt (every epoch, written atomically) and best.ckpt
+    <run>/logs/              metrics.csv and TensorBoard events
+    <run>/test/              per_image.csv and summary.json on the fold's test images
+    <run>/result.json        written last: its presence marks a finished run
+
+The model is selected on the validation subset carved from the training folds (recipe
+``validation.monitor``), never on the test fold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from busseg.data import load_records
+from busseg.data.preprocess import PreparedData, prepare
+from busseg.data.splits import fold_ids, load_split, make_split, save_split
+from busseg.engine.data import InMemoryTensors, make_loader
+from busseg.engine.evaluate import evaluate_models, load_checkpoint
+from busseg.engine.io import atomic_torch_save, atomic_write_json
+from busseg.engine.recipe import save_recipe
+from busseg.engine.runinfo import command_line, library_versions, timestamp
+from busseg.engine.task import SegmentationTask
+from busseg.errors import ConfigError
+from busseg.metrics.aggregate import summarize_folds
+from busseg.models import model_info
+from busseg.models.weights import collect_weights_info
+
+log = logging.getLogger("busseg")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first and are renamed into place: a run killed while
+    saving leaves the previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+class BussegDataModule(L.LightningDataModule):
+    """Batches from in-memory tensors; the sampler is sharded by the trainer's rank."""
+
+    def __init__(self, tensors: InMemoryTensors, train_ids, val_ids, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.tensors, self.train_ids, self.val_ids = tensors, train_ids, val_ids
+        self.batch_size, self.seed = batch_size, seed
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self):
+        rank, world = self._rank()
+        return make_loader(self.tensors, self.train_ids, self.batch_size, shuffle=True,
+                           seed=self.seed, rank=rank, world_size=world, drop_last=True)
+
+    def val_dataloader(self):
+        rank, world = self._rank()
+        return make_loader(self.tensors, self.val_ids, self.batch_size, shuffle=False,
+                           rank=rank, world_size=world)
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def load_dataset(
+    dataset: str,
+    root: str | Path | None,
+    recipe: dict,
+    data_options: dict | None = None,
+    include_normal: bool | None = None,
+) -> PreparedData:
+    """Records of ``dataset`` prepared at the recipe's image size (cached on disk)."""
+    options = dict(data_options or {})
+    if dataset == "phantom":
+        options.setdefault("image_size", recipe["image_size"])
+    normal = recipe.get("include_normal", False) if include_normal is None else include_normal
+    records = load_records(dataset, root, include_normal=normal, **options)
+    if not records:
+        raise ConfigError(f"dataset {dataset!r} ({root}) holds no usable images")
+    return prepare(records, image_size=recipe["image_size"], progress=_is_main_process())
+
+
+def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recipe: dict, dataset: str) -> dict:
+    """The split to use: a saved file/dict (checked against the dataset), or a new group-aware
+    split with the recipe's fold count (duplicate clusters from the audit kept together)."""
+    if isinstance(split, dict):
+        return split
+    if split is not None:
+        return load_split(split, prepared.records)
+    from busseg.data.audit import audit_dataset
+
+    groups = audit_dataset(prepared.records).group_map()
+    new = make_split(prepared.records, k=recipe["cv_folds"], seed=recipe["seed"],
+                     val_fraction=recipe["validation"]["fraction"], groups=groups)
+    new["dataset"] = dataset
+    return new
+
+
+def _check_trainable(recipe: dict) -> None:
+    info = model_info(recipe["model"])
+    if recipe["image_size"] % info.size_divisor:
+        raise ConfigError(
+            f"model {recipe['model']!r} needs an image size divisible by {info.size_divisor}; "
+            f"recipe image_size is {recipe['image_size']}"
+        )
+
+
+def _monitor(recipe: dict) -> tuple[str, str]:
+    info = model_info(recipe["model"])
+    monitor = recipe["validation"].get("monitor", "val_dice")
+    mode = recipe["validation"].get("mode", "max")
+    if monitor == "val_dice" and not info.segments:
+        monitor = "val_acc"
+    return monitor, mode
+
+
+def train_fold(
+    recipe: dict,
+    out_dir: str | Path,
+    *,
+    dataset: str = "phantom",
+    root: str | Path | None = None,
+    split: str | Path | dict | None = None,
+    fold: int = 0,
+    prepared: PreparedData | None = None,
+    data_options: dict | None = None,
+    resume: bool = False,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    progress: bool = True,
+    evaluate_test: bool = True,
+) -> dict[str, Any]:
+    """Train ``recipe`` on one fold of ``split`` and evaluate the selected model on its test
+    images. Returns the result dict also written to ``<out_dir>/result.json``."""
+    out_dir = Path(out_dir)
+    _check_trainable(recipe)
+    result_path = out_dir / "result.json"
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    if result_path.is_file() and resume:
+        log.info("run %s already finished; skipping", out_dir)
+        return yaml.safe_load(result_path.read_text())
+    if last_ckpt.exists() and not resume:
+        raise ConfigError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if resume and (out_dir / "recipe.yaml").is_file():
+        saved = yaml.safe_load((out_dir / "recipe.yaml").read_text())
+        if saved != recipe:
+            raise ConfigError(f"--resume: the recipe differs from the one saved in {out_dir / 'recipe.yaml'}")
+
+    L.seed_everything(recipe["seed"], workers=True, verbose=False)
+    if prepared is None:
+        prepared = load_dataset(dataset, root, recipe, data_options)
+    split = resolve_split(split, prepared, recipe, dataset)
+    if not 0 <= fold < len(split["folds"]):
+        raise ConfigError(f"fold {fold} does not exist; the split has {len(split['folds'])} folds")
+    train_ids, val_ids, test_ids = fold_ids(split, fold)
+    if not val_ids:
+        raise ConfigError(f"fold {fold} of the split has no validation images (training folds too small?)")
+    tensors = InMemoryTensors(prepared.subset(train_ids + val_ids), recipe["normalization"], recipe["in_channels"])
+
+    task = SegmentationTask(recipe)
+    weights_info = collect_weights_info(task.model)
+    objective_info = getattr(task.objective, "describe", lambda: {})()
+    main = _is_main_process()
+    if main:
+        save_recipe(recipe, out_dir / "recipe.yaml")
+        save_split(split, out_dir / "split.json")
+        run_record = {
+            "status": "running",
+            "started": timestamp(),
+            "command": command_line(),
+            "model": recipe["model"],
+            "dataset": dataset,
+            "data_root": str(root) if root else None,
+            "data_options": data_options or {},
+            "fold": fold,
+            "n_train": len(train_ids), "n_val": len(val_ids), "n_test": len(test_ids),
+            "seed": recipe["seed"],
+            "encoder_weights": weights_info,
+            "objective": objective_info,
+            "versions": library_versions(),
+        }
+        atomic_write_json(out_dir / "run.json", run_record)
+
+    monitor, mode = _monitor(recipe)
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+        save_last=True, save_top_k=1, enable_version_counter=False,
+    )
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if recipe["early_stopping"]:
+        es = dict(recipe["early_stopping"])
+        callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
+                                       patience=int(es.get("patience", 10))))
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    trainer = L.Trainer(
+        max_epochs=recipe["epochs"],
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision or ("bf16-mixed" if on_gpu else "32-true"),
+        logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="")],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    datamodule = BussegDataModule(tensors, train_ids, val_ids, recipe["batch_size"], recipe["seed"])
+    started = time.time()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume and last_ckpt.exists() else None)
+    train_seconds = time.time() - started
+    if not trainer.is_global_zero:
+        return {}
+
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last_ckpt
+    result: dict[str, Any] = {
+        "model": recipe["model"], "fold": fold, "dataset": dataset,
+        "best_checkpoint": str(best.relative_to(out_dir)) if best.is_relative_to(out_dir) else str(best),
+        "selected_on": f"{monitor} ({mode}) on the validation subset of the training folds",
+        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs_run": trainer.current_epoch,
+        "train_seconds": round(train_seconds, 2),
+    }
+    if evaluate_test and test_ids:
+        device = "cuda" if on_gpu else "cpu"
+        model, _ = load_checkpoint(best, recipe["model"], device=device)
+        _, summary = evaluate_models([model], recipe, prepared.subset(test_ids), out_dir / "test",
+                                     device=device, postprocess=recipe.get("postprocess"),
+                                     extra_columns={"fold": fold, "model": recipe["model"]})
+        result["test"] = summary
+    run_record = yaml.safe_load((out_dir / "run.json").read_text())
+    run_record.update(status="finished", finished=timestamp(), train_seconds=result["train_seconds"])
+    atomic_write_json(out_dir / "run.json", run_record)
+    atomic_write_json(result_path, result)
+    return result
+
+
+def cross_validate(
+    recipe: dict,
+    out_dir: str | Path,
+    *,
+    dataset: str = "phantom",
+    root: str | Path | None = None,
+    split: str | Path | dict | None = None,
+    folds: list[int] | None = None,
+    data_options: dict | None = None,
+    resume: bool = False,
+    **trainer_options,
+) -> dict[str, Any]:
+    """Train and test every fold of a split (finished folds are skipped with ``resume``), then
+    write ``cv_summary.json`` (mean ± std across folds) and ``cv_per_image.csv``."""
+    out_dir = Path(out_dir)
+    prepared = load_dataset(dataset, root, recipe, data_options)
+    split = resolve_split(split, prepared, recipe, dataset)
+    save_split(split, out_dir / "split.json")
+    folds = list(range(len(split["folds"]))) if folds is None else folds
+    results = []
+    for k in folds:
+        fold_dir = out_dir / f"fold_{k}"
+        fold_resume = resume or (fold_dir / "result.json").is_file()
+        log.info("fold %d/%d", k + 1, len(folds))
+        results.append(train_fold(recipe, fold_dir, dataset=dataset, root=root, split=split, fold=k,
+                                  prepared=prepared, data_options=data_options, resume=fold_resume,
+                                  **trainer_options))
+    if not _is_main_process():
+        return {}
+    return summarize_cv(out_dir, recipe, folds)
+
+
+def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
+    """Aggregate the folds' test summaries: mean ± std across folds of per-image means."""
+    import json
+
+    from busseg.engine.evaluate import write_rows_csv
+
+    out_dir = Path(out_dir)
+    fold_summaries, rows = [], []
+    for k in folds:
+        summary = json.loads((out_dir / f"fold_{k}" / "test" / "summary.json").read_text())
+        fold_summaries.append(summary)
+        import csv
+
+        with open(out_dir / f"fold_{k}" / "test" / "per_image.csv") as fh:
+            rows.extend(csv.DictReader(fh))
+    cv: dict[str, Any] = {"model": recipe["model"], "folds": folds, "n_images": len(rows),
+                          "aggregation": "mean ± std across folds of per-image means"}
+    if "segmentation" in fold_summaries[0]:
+        cv["segmentation"] = summarize_folds([s["segmentation"] for s in fold_summaries])
+        for label in ("benign", "malignant"):
+            per = [s["by_class"][label] for s in fold_summaries if label in s.get("by_class", {})]
+            if len(per) == len(fold_summaries):
+                cv.setdefault("by_class", {})[label] = summarize_folds(per)
+        if "segmentation_postprocessed" in fold_summaries[0]:
+            cv["segmentation_postprocessed"] = summarize_folds(
+                [s["segmentation_postprocessed"] for s in fold_summaries])
+    if "classification" in fold_summaries[0]:
+        keys = [k for k, v in fold_summaries[0]["classification"].items() if isinstance(v, (int, float))]
+        import numpy as np
+
+        cv["classification"] = {
+            k: {"mean": float(np.nanmean([s["classification"][k] for s in fold_summaries])),
+                "std": float(np.nanstd([s["classification"][k] for s in fold_summaries])),
+                "folds": [s["classification"][k] for s in fold_summaries]}
+            for k in keys
+        }
+    write_rows_csv(rows, out_dir / "cv_per_image.csv")
+    atomic_write_json(out_dir / "cv_summary.json", cv)
+    return cv
