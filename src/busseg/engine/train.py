@@ -150,6 +150,7 @@ def train_fold(
     precision: str | None = None,
     progress: bool = True,
     evaluate_test: bool = True,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Train ``recipe`` on one fold of ``split`` and evaluate the selected model on its test
     images. Returns the result dict also written to ``<out_dir>/result.json``."""
@@ -209,7 +210,7 @@ def train_fold(
         dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
         save_last=True, save_top_k=1, enable_version_counter=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
@@ -234,6 +235,12 @@ def train_fold(
     started = time.time()
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume and last_ckpt.exists() else None)
     train_seconds = time.time() - started
+    if trainer.interrupted:
+        if trainer.is_global_zero:
+            record = yaml.safe_load((out_dir / "run.json").read_text())
+            record.update(status="interrupted", interrupted_at_epoch=trainer.current_epoch)
+            atomic_write_json(out_dir / "run.json", record)
+        raise KeyboardInterrupt(f"training interrupted; continue with --resume (run {out_dir})")
     if not trainer.is_global_zero:
         return {}
 

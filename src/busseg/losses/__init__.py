@@ -4,6 +4,7 @@
 - ``structure``  weighted BCE + weighted IoU ("structure" loss)
 - ``harmonic``   DC-Net's harmonic loss (Eq. 26), usable by any model
 - ``objectives`` the generic segmentation objective (pixel loss + deep supervision)
+- ``multitask``  any segmentation objective + a weighted classification term
 - ``elad_net``, ``acsnet``, ``dc_net``  the papers' composite objectives
 
 Objectives are created by name through :func:`create_objective`.
@@ -25,6 +26,7 @@ from busseg.losses import objectives  # noqa: F401,E402
 from busseg.losses import elad_net  # noqa: F401,E402
 from busseg.losses import acsnet  # noqa: F401,E402
 from busseg.losses import dc_net  # noqa: F401,E402
+from busseg.losses import multitask  # noqa: F401,E402
 
 __all__ = [
     "create_objective",
