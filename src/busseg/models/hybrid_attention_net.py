@@ -1,1 +1,381 @@
-"""(being written)"""
+"""Hybrid Attention Network (Aslam, Naveed & Ahmed, 2025).
+
+"Hybrid Attention Network for Accurate Breast Tumor Segmentation in Ultrasound Images",
+section 3 (architecture), Table 2 (ablation). No public code exists; everything below is
+written from the paper text, and every point the text leaves open is listed here.
+
+Architecture (input ``[B, C, H, W]``, widths for a 256x256 input)::
+
+    DenseNet-121 encoder (section 3, Fig. 1: four dense blocks, three transition layers)
+      stem  conv0-norm0-relu0 ............ 64 ch @ 1/2   -> skip 1
+      DB1 + TL1 conv (before its pooling) . 128 ch @ 1/4   -> skip 2
+      DB2 + TL2 conv ...................... 256 ch @ 1/8   -> skip 3
+      DB3 + TL3 conv ...................... 512 ch @ 1/16  -> skip 4
+      DB4 + norm5 + ReLU ................. 1024 ch @ 1/32  -> bottleneck
+    Bottleneck: 1x1 conv-BN-ReLU 1024 -> 256 ("working width"),
+                [ConvBlock: 3x3 conv-BN-ReLU 256 -> 256], [TAM, section 3.1]
+    Decoder (section 3): 5 stages of bilinear x2 up-sampling, concatenation with the
+      [SFEB-enhanced, section 3.2] skip, two 3x3 conv-BN-ReLU; widths 256/128/64/32/16;
+      the last stage (full resolution) has no skip.
+    Head: 1x1 conv -> segmentation logits (the paper's sigmoid is left to the loss).
+
+Ablation variants (Table 2), option ``variant``:
+
+============  =============================  ====================  =====================
+variant       modules                        paper parameters      this implementation
+============  =============================  ====================  =====================
+baseline      encoder + decoder              10,498,945            10,552,401 (+0.5 %)
+conv_block    + bottleneck ConvBlock         11,089,537            11,142,737 (+0.5 %)
+sfeb          + SFEB on the four skips       15,339,329            14,647,377 (-4.5 %)
+full          + TAM at the bottleneck        15,427,713            15,353,553 (-0.5 %)
+============  =============================  ====================  =====================
+
+(counts for ``in_channels=3``, as the paper's Keras ImageNet encoder requires; with
+``in_channels=1`` the stem has 6,272 fewer.) The paper's counts are Keras' trainable
+parameters: the ConvBlock increment, 590,592 = 3*3*256*256 + 256 (bias) + 2*256 (BN gamma and
+beta), is exactly one 3x3 256->256 convolution with BN, which is how the ConvBlock and the
+256-channel working width of the bottleneck were identified. The other increments cannot be
+matched exactly from the text: the SFEBs here have 3.50 M parameters (paper 4.25 M) and the
+TAM 0.71 M (paper 0.09 M; a TAM whose Q/K/V projections act on 256 channels, as Eqs. 1-3 and
+5 describe, cannot have fewer than ~0.29 M). Totals of all four variants are within 5 %.
+
+Choices where the paper is silent or ambiguous (by section/equation):
+
+* Encoder skips (section 3, Fig. 1). The skips at 1/4, 1/8 and 1/16 are the outputs of the
+  transition layers' 1x1 convolutions (DenseNet-BC compression, half of the dense block's
+  channels) taken before their 2x2 average pooling, i.e. at the dense block's resolution. The
+  uncompressed dense-block outputs (256/512/1024 channels) would put about 13.8 M parameters
+  into the four SFEBs alone, far above the paper's 15.4 M for the whole network.
+* Bottleneck reduction. The paper's decoder is "lightweight ... with a reduced number of
+  parameters"; the 1024-channel DenseNet output is reduced to the 256-channel working width by
+  a 1x1 conv-BN-ReLU (part of the baseline), which the ConvBlock increment above implies.
+* Decoder (section 3): "bilinear upsampling followed by lightweight convolutional layers";
+  two 3x3 conv-BN-ReLU per stage (U-Net's block) with halving widths 256..16. Up-sampling
+  resizes to the skip's size, so sizes that are not multiples of 32 also work.
+* TSA, position encoding (section 3.1): the text says positional information is integrated
+  "by concatenating input features with positional embeddings" (in the spirit of ref. 19). A
+  learnable position map of ``c`` channels on an 8x8 grid (the 1/32 grid of a 256 input) is
+  concatenated to F, so W_q, W_k, W_v (Eqs. 1-3, 1x1 convolutions with bias) map 2c -> c. For
+  other input sizes the grid is resized bilinearly (as ViT position embeddings are).
+* TSA attention (Eq. 4): the paper's map is A in R^{c x c} (channel-by-channel), so Q and K
+  are flattened to c x (h*w) and d_k is h*w, the length of the vectors whose dot product is
+  taken. The text names "multi-head attention" but gives no head count and a single c x c
+  map; one head is used. The softmax normalises each row (over source channels).
+* GSA (Eq. 5): F is embedded by 1x1 convolutions into F^c (c channels, the values) and F^cc
+  (c' = c/2). The text reshapes *the same* F^cc into F1^cc and F2^cc, so query and key share
+  one embedding (a symmetric affinity before the row softmax). The text calls it a scaled dot
+  product while Eq. 5 shows no scale: it is scaled by 1/sqrt(c'). F_out = F^c re-weighted by
+  the (h*w) x (h*w) map.
+* TAM output (section 3.1.2): concat(TSA, GSA, F) (3c channels) is brought back to c by a
+  1x1 conv-BN-ReLU, since F_out is stated to have c channels.
+* SFEB (Eqs. 6-15): "global max-pooling and global average-pooling" in Eqs. 8-9 are read as
+  pooling over the channel axis at every position (two 1-channel maps, CBAM-style), so that
+  the 3x3 convolution of Eq. 11 sees a spatial map and the enhancement F_em varies over space.
+  Pooling over space would make Eq. 11's 3x3 convolution act on a 1x1 map and the whole block
+  a per-channel bias. Eq. 7 keeps the width (C -> C), Eq. 11 maps 2 -> C so that Eq. 15 can add
+  I, Eq. 13's 1x1 conv maps C -> C. Its BN acts on a 1x1 map, so training needs batches of at
+  least 2 images (PyTorch raises for a single-image training batch).
+* Convolutions followed by BN have no bias (the paper's Keras layers would carry one; this
+  changes counts by < 0.1 %).
+* Input channels: the paper feeds 3-channel images to the ImageNet encoder (recipe uses 3).
+  With ``in_channels=1`` the stem's pretrained filters are summed over RGB, which gives the
+  same response to a grey image as the RGB filters give to its 3-channel copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from busseg.errors import ConfigError
+from busseg.models.layers import ConvNormAct, DoubleConv, resize_to
+from busseg.models.output import ModelOutput
+from busseg.models.registry import register_model
+from busseg.models.weights import torchvision_backbone
+
+__all__ = [
+    "VARIANTS",
+    "DenseNet121Encoder",
+    "TransformerSelfAttention",
+    "GlobalSpatialAttention",
+    "TransformerAttentionModule",
+    "SpatialFeatureEnhancementBlock",
+    "HybridAttentionDecoder",
+    "HybridAttentionNet",
+    "hybrid_attention_net",
+]
+
+#: Table 2 rows: which modules each ablation variant adds on top of the baseline.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "baseline": dict(conv_block=False, sfeb=False, tam=False),
+    "conv_block": dict(conv_block=True, sfeb=False, tam=False),
+    "sfeb": dict(conv_block=True, sfeb=True, tam=False),
+    "full": dict(conv_block=True, sfeb=True, tam=True),
+}
+
+
+class DenseNet121Encoder(nn.Module):
+    """DenseNet-121 (Huang et al. 2017) returning four skips and the bottleneck feature.
+
+    Skips: the stem output (64 ch, 1/2) and the three transition-layer convolution outputs
+    before pooling (128/256/512 ch at 1/4, 1/8, 1/16); bottleneck: ReLU(norm5) after dense
+    block 4 (1024 ch, 1/32). See the module docstring for why transition outputs are used.
+    """
+
+    skip_channels: tuple[int, ...] = (64, 128, 256, 512)
+    out_channels: int = 1024
+
+    def __init__(self, in_channels: int = 3, weights: str = "none") -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ConfigError(
+                f"hybrid_attention_net: in_channels must be 1 or 3, got {in_channels!r}"
+            )
+        backbone = torchvision_backbone(
+            torchvision.models.densenet121,
+            torchvision.models.DenseNet121_Weights.IMAGENET1K_V1,
+            weights=weights,
+            label="densenet121",
+        )
+        features = backbone.features
+        if in_channels == 1:
+            rgb = features.conv0
+            grey = nn.Conv2d(1, rgb.out_channels, rgb.kernel_size, rgb.stride, rgb.padding, bias=False)
+            with torch.no_grad():
+                grey.weight.copy_(rgb.weight.sum(dim=1, keepdim=True))
+            features.conv0 = grey
+        self.stem = nn.Sequential(features.conv0, features.norm0, features.relu0)
+        self.stem_pool = features.pool0
+        self.dense_blocks = nn.ModuleList(
+            [features.denseblock1, features.denseblock2, features.denseblock3, features.denseblock4]
+        )
+        self.transitions = nn.ModuleList(
+            [features.transition1, features.transition2, features.transition3]
+        )
+        self.final_norm = features.norm5
+        # The weight policy's record (requested/used weights) travels with the kept modules.
+        self.busseg_weights_info = backbone.busseg_weights_info
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.stem(x)
+        skips = [x]
+        x = self.stem_pool(x)
+        for block, transition in zip(self.dense_blocks[:3], self.transitions):
+            x = block(x)
+            x = transition.conv(transition.relu(transition.norm(x)))
+            skips.append(x)
+            x = transition.pool(x)
+        x = F.relu(self.final_norm(self.dense_blocks[3](x)))
+        return skips, x
+
+
+class TransformerSelfAttention(nn.Module):
+    """Transformer Self-Attention (section 3.1.1, Eqs. 1-4): channel-by-channel attention.
+
+    ``[F ; P]`` (features concatenated with a learnable position map) is projected by 1x1
+    convolutions to Q, K, V (Eqs. 1-3, c channels each); ``A = softmax(Q K^T / sqrt(h*w))`` is
+    ``c x c`` (Eq. 4) and the output is ``A V`` reshaped to ``[B, c, h, w]``.
+    """
+
+    def __init__(self, channels: int, position_grid: int = 8) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(1, channels, position_grid, position_grid))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.query = nn.Conv2d(2 * channels, channels, 1)
+        self.key = nn.Conv2d(2 * channels, channels, 1)
+        self.value = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        position = F.interpolate(self.position, size=(h, w), mode="bilinear", align_corners=False)
+        x_pos = torch.cat([x, position.expand(b, -1, -1, -1)], dim=1)
+        q = self.query(x_pos).flatten(2)  # [B, c, hw]
+        k = self.key(x_pos).flatten(2)
+        v = self.value(x_pos).flatten(2)
+        attention = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(h * w), dim=-1)  # [B, c, c]
+        return (attention @ v).view(b, c, h, w), attention
+
+
+class GlobalSpatialAttention(nn.Module):
+    """Global Spatial Attention (section 3.1.2, Eq. 5): position-by-position attention.
+
+    ``F^cc`` (c/2 channels) serves as both F1^cc and F2^cc; ``A = softmax(F1 F2 / sqrt(c'))`` is
+    ``(h*w) x (h*w)`` and re-weights the value embedding ``F^c`` (c channels).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduced_channels = channels // 2
+        self.value = nn.Conv2d(channels, channels, 1)  # F^c
+        self.affinity = nn.Conv2d(channels, self.reduced_channels, 1)  # F^cc
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        embedded = self.affinity(x).flatten(2)  # [B, c', hw]
+        scores = embedded.transpose(1, 2) @ embedded / math.sqrt(self.reduced_channels)
+        attention = torch.softmax(scores, dim=-1)  # [B, hw, hw]; row i: weights over positions
+        values = self.value(x).flatten(2)  # [B, c, hw]
+        return (values @ attention.transpose(1, 2)).view(b, c, h, w), attention
+
+
+class TransformerAttentionModule(nn.Module):
+    """TAM (section 3.1): ``F_out = conv1x1(concat(TSA(F), GSA(F), F))`` with c channels."""
+
+    def __init__(self, channels: int, position_grid: int = 8) -> None:
+        super().__init__()
+        self.tsa = TransformerSelfAttention(channels, position_grid)
+        self.gsa = GlobalSpatialAttention(channels)
+        self.fuse = ConvNormAct(3 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tsa, channel_attention = self.tsa(x)
+        gsa, spatial_attention = self.gsa(x)
+        out = self.fuse(torch.cat([tsa, gsa, x], dim=1))
+        return out, {"tam_channel_attention": channel_attention, "tam_spatial_attention": spatial_attention}
+
+
+class SpatialFeatureEnhancementBlock(nn.Module):
+    """SFEB (section 3.2, Eqs. 6-15) on one skip connection.
+
+    ``I1 = ReLU(BN(conv3x3(I)))`` (Eq. 7); channel-wise max and mean of ``I1`` (Eqs. 8-9)
+    concatenated to ``P_o`` ``[B, 2, H, W]`` (Eq. 10); ``F_c = ReLU(BN(conv3x3(P_o)))`` (Eq. 11);
+    ``F_cc = sigmoid(BN(conv1x1(GAP(I))))`` (Eqs. 12-13); ``F = F_c * F_cc + I`` (Eqs. 14-15).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.features = ConvNormAct(channels, channels, 3)  # Eq. 7
+        self.spatial = ConvNormAct(2, channels, 3)  # Eq. 11
+        self.channel_gate = nn.Sequential(  # Eq. 13 (GAP of Eq. 12 in forward)
+            nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i1 = self.features(x)
+        pooled = torch.cat(
+            [i1.amax(dim=1, keepdim=True), i1.mean(dim=1, keepdim=True)], dim=1
+        )  # Eqs. 8-10
+        enhancement = self.spatial(pooled)
+        gate = self.channel_gate(F.adaptive_avg_pool2d(x, 1))
+        return enhancement * gate + x, pooled, gate
+
+
+class HybridAttentionDecoder(nn.Module):
+    """Lightweight U-Net-like decoder (section 3): bilinear x2, concat skip, two 3x3 convs.
+
+    ``skip_channels`` are ordered shallow to deep; stage ``i`` (deep to shallow) fuses the
+    matching skip; a final stage up-samples to the input resolution without a skip.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: tuple[int, ...],
+        widths: tuple[int, ...] = (256, 128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        if len(widths) != len(skip_channels) + 1:
+            raise ConfigError(
+                f"hybrid_attention_net: decoder needs {len(skip_channels) + 1} widths, got {widths}"
+            )
+        skips_deep_first = tuple(reversed(skip_channels)) + (0,)
+        stages, channels = [], in_channels
+        for skip, width in zip(skips_deep_first, widths):
+            stages.append(DoubleConv(channels + skip, width))
+            channels = width
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = channels
+
+    def forward(
+        self, x: torch.Tensor, skips: list[torch.Tensor], output_size: tuple[int, int]
+    ) -> torch.Tensor:
+        for stage, skip in zip(self.stages, list(reversed(skips)) + [None]):
+            if skip is None:
+                x = resize_to(x, output_size)
+            else:
+                x = torch.cat([resize_to(x, skip), skip], dim=1)
+            x = stage(x)
+        return x
+
+
+class HybridAttentionNet(nn.Module):
+    """Hybrid Attention Network: DenseNet-121 encoder, bottleneck [ConvBlock][TAM],
+    [SFEB] skips, lightweight decoder, 1x1 head. See the module docstring."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        encoder_weights: str = "none",
+        variant: str = "full",
+        working_channels: int = 256,
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        position_grid: int = 8,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ConfigError(
+                f"hybrid_attention_net: unknown variant {variant!r}; choose one of "
+                f"{', '.join(VARIANTS)}"
+            )
+        parts = VARIANTS[variant]
+        self.variant = variant
+        self.encoder = DenseNet121Encoder(in_channels, encoder_weights)
+        self.reduce = ConvNormAct(self.encoder.out_channels, working_channels, 1)
+        self.conv_block = (
+            ConvNormAct(working_channels, working_channels, 3) if parts["conv_block"] else None
+        )
+        self.tam = (
+            TransformerAttentionModule(working_channels, position_grid) if parts["tam"] else None
+        )
+        skip_channels = self.encoder.skip_channels
+        self.sfebs = (
+            nn.ModuleList(SpatialFeatureEnhancementBlock(c) for c in skip_channels)
+            if parts["sfeb"]
+            else None
+        )
+        self.decoder = HybridAttentionDecoder(working_channels, skip_channels, tuple(decoder_channels))
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        extras: dict[str, torch.Tensor] = {}
+        skips, x = self.encoder(images)
+        x = self.reduce(x)
+        if self.conv_block is not None:
+            x = self.conv_block(x)
+        if self.tam is not None:
+            x, maps = self.tam(x)
+            extras.update(maps)
+        if self.sfebs is not None:
+            enhanced = []
+            for level, (sfeb, skip) in enumerate(zip(self.sfebs, skips), start=1):
+                out, pooled, gate = sfeb(skip)
+                enhanced.append(out)
+                extras[f"sfeb{level}_pooled"] = pooled
+                extras[f"sfeb{level}_channel_gate"] = gate
+            skips = enhanced
+        x = self.decoder(x, skips, tuple(images.shape[-2:]))
+        return ModelOutput(seg=self.head(x), extras=extras)
+
+
+@register_model(
+    "hybrid_attention_net",
+    paper="Aslam, Naveed, Ahmed, Hybrid Attention Network for Accurate Breast Tumor "
+    "Segmentation in Ultrasound Images, 2025",
+    recipe="hybrid_attention_net",
+    size_divisor=32,
+)
+def hybrid_attention_net(
+    in_channels: int = 1,
+    encoder_weights: str = "none",
+    variant: str = "full",
+    **options,
+) -> HybridAttentionNet:
+    """Hybrid Attention Network (DenseNet-121 + TAM + SFEB); ``variant`` selects a Table 2 row:
+    ``baseline``, ``conv_block``, ``sfeb`` or ``full``."""
+    return HybridAttentionNet(
+        in_channels=in_channels, encoder_weights=encoder_weights, variant=variant, **options
+    )
