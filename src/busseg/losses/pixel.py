@@ -155,6 +155,9 @@ class BCEJaccardLoss(nn.Module):
       would be ~H*W times the Jaccard term (65 536 x at 256 px) and Eq. 18's equal weighting
       would reduce the loss to BCE alone.
     - Eq. 17 has no smoothing term: ``smooth`` defaults to 0 (a 1e-7 guard only avoids 0/0).
+      Consequence: on an image with an EMPTY mask the Jaccard term is the constant 1 with no
+      gradient (its numerator is 0 whatever the prediction), so only the BCE term learns from
+      normal images; set ``smooth: 1`` to make an empty prediction score 0 there instead.
     - Eq. 17's sums run over "two images", i.e. one image: the Jaccard term is computed per
       image and averaged over the batch.
     - ``bce_weight`` and ``jaccard_weight`` (default 1 and 1, Eq. 18) are exposed for
