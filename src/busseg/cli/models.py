@@ -1,0 +1,129 @@
+"""``busseg models``: list the registered models with their paper, size and recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+
+from busseg.errors import ConfigError
+
+_DESCRIPTION = """\
+List every registered model: name, paper, number of parameters (built with random
+initialisation, encoder_weights="none"), whether it is multi-task (segmentation +
+benign/malignant classification) and the name of its default recipe
+(busseg/recipes/<recipe>.yaml; "(missing)" when the file does not exist).
+
+Models are built one at a time on the CPU. --flops adds the cost of one forward pass at
+batch 1 (eval mode), counted by torch.utils.flop_counter: GFLOPs count a multiply-add as 2
+FLOPs, GMACs = GFLOPs / 2 (papers usually print MACs under the name "FLOPs")."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list registered models (paper, parameters, multitask, recipe)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="MODEL",
+        help="only these models (default: all registered models)",
+    )
+    parser.add_argument(
+        "--flops", action="store_true",
+        help="also count GFLOPs and GMACs of one forward pass at --image-size (slower)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=256, metavar="PX",
+        help="square input size for --flops (default: 256)",
+    )
+    parser.add_argument(
+        "--in-channels", type=int, default=1, choices=(1, 3),
+        help="input channels the models are built for (default: 1, grayscale)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.set_defaults(func=run)
+
+
+def _recipe_exists(recipe: str) -> bool:
+    return resources.files("busseg").joinpath("recipes", f"{recipe}.yaml").is_file()
+
+
+def describe_models(
+    names: list[str] | None = None,
+    flops: bool = False,
+    image_size: int = 256,
+    in_channels: int = 1,
+) -> list[dict]:
+    """One dict per model (name, paper, parameters, multitask, segments, recipe,
+    recipe_found, size_divisor and, with ``flops``, gflops/gmacs at ``image_size``)."""
+    from busseg.models import create_model, list_models, model_info
+    from busseg.models.complexity import count_flops, count_parameters
+
+    selected = names or list_models()
+    infos = [model_info(name) for name in selected]  # unknown names: ConfigError first
+    rows = []
+    for info in infos:
+        row = {
+            "name": info.name,
+            "paper": info.paper,
+            "multitask": info.multitask,
+            "segments": info.segments,
+            "size_divisor": info.size_divisor,
+            "recipe": info.recipe,
+            "recipe_found": _recipe_exists(info.recipe),
+        }
+        model = create_model(info.name, in_channels=in_channels, encoder_weights="none")
+        row["parameters"] = count_parameters(model)
+        if flops:
+            if image_size % info.size_divisor:
+                raise ConfigError(
+                    f"--image-size {image_size} is not divisible by {info.size_divisor} "
+                    f"(needed by model {info.name!r})"
+                )
+            total = count_flops(model, image_size=image_size, in_channels=in_channels)
+            row["image_size"] = image_size
+            row["gflops"] = total / 1e9
+            row["gmacs"] = total / 2e9
+        del model  # one model in memory at a time
+        rows.append(row)
+    return rows
+
+
+def _format_table(rows: list[dict], flops: bool) -> str:
+    headers = ["name", "params (M)", "multitask", "recipe"]
+    if flops:
+        headers[2:2] = ["GFLOPs", "GMACs"]
+    headers.append("paper")
+    lines = []
+    for row in rows:
+        cells = [row["name"], f"{row['parameters'] / 1e6:.2f}"]
+        if flops:
+            cells += [f"{row['gflops']:.2f}", f"{row['gmacs']:.2f}"]
+        cells += [
+            "yes" if row["multitask"] else "no",
+            row["recipe"] + ("" if row["recipe_found"] else " (missing)"),
+            row["paper"],
+        ]
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *lines)]
+    out = []
+    for cells in [headers, *lines]:
+        padded = [str(c).ljust(w) for c, w in zip(cells[:-1], widths[:-1])]
+        out.append("  ".join(padded + [str(cells[-1])]))
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.image_size < 1:
+        raise ConfigError(f"--image-size must be positive, got {args.image_size}")
+    rows = describe_models(args.names, args.flops, args.image_size, args.in_channels)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_format_table(rows, args.flops))
+        if args.flops:
+            print(f"\nFLOPs: one forward pass, batch 1, {args.image_size}x{args.image_size}, "
+                  f"{args.in_channels} channel(s); 1 multiply-add = 2 FLOPs = 1 MAC.")
+    return 0
