@@ -150,13 +150,13 @@ def build_smp_model(
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 net = None
         if net is None:
+            net = construct(None)  # a wrong encoder name fails here, before any warning
             _warn_once(
                 f"smp:{encoder}",
                 f"ImageNet weights for encoder {encoder!r} ({name}) are not available "
                 f"({reason}); training it from random initialisation. Pass "
                 "--encoder-weights FILE to use a local copy.",
             )
-            net = construct(None)
             _attach(net.encoder, spec, "random", reason)
     else:
         net = construct(None)
