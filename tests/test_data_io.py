@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from busseg.data import load_records, read_image, read_mask, read_pixel_spacing
-from busseg.data.adapters import busbra, busi, folder, stu, udiat
+from busseg.data.adapters import busbra, folder, stu, udiat
 from busseg.data.imageio import DataWarning
 from busseg.errors import ConfigError, DataError
 

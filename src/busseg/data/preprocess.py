@@ -13,8 +13,9 @@ Choices (the papers resize to a square and say nothing more):
   which keeps the boundary where it is (nearest-neighbour would shift it by up to half a
   source pixel and alias thin structures).
 
-The cache (``<cache_dir>/prepared/``) holds one ``.npz`` per (files' contents, size, ids,
-labels, preprocessing version). A lookup first computes a cheap key from every file's path,
+The cache (``<cache_dir>/prepared/<key>/``: ``images.npy``, ``masks.npy``, ``meta.json``) holds
+one entry per (files' contents, size, ids, labels, preprocessing version); plain ``.npy`` files
+so that a hit is a straight read (780 BUSI images at 256 px: about 0.1 s). A lookup first computes a cheap key from every file's path,
 size and modification time; a miss falls back to the contents' SHA-256 (a copied or touched
 dataset is found again without decoding), and only then decodes. Every write is atomic
 (temporary file + rename), so concurrent runs never read half-written files.
@@ -26,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -125,8 +127,9 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- cache
 
 
-def _record_files(record: SampleRecord) -> list[Path]:
-    return [Path(record.image_path), *map(Path, record.mask_paths)]
+def _record_files(record: SampleRecord) -> list[str]:
+    # plain strings: building Path objects for every file costs more than the stat calls
+    return [os.fspath(record.image_path), *map(os.fspath, record.mask_paths)]
 
 
 def _describe(records: Sequence[SampleRecord], image_size: int) -> list:
@@ -143,7 +146,7 @@ def _stat_key(records: Sequence[SampleRecord], image_size: int) -> str:
     for record in records:
         for path in _record_files(record):
             try:
-                st = path.stat()
+                st = os.stat(path)
             except OSError as exc:
                 raise DataError(f"{path}: cannot access file ({exc.strerror})") from None
             h.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -178,41 +181,60 @@ def _atomic_write_bytes(path: Path, writer) -> None:
         raise
 
 
-def _save_cache(path: Path, data: PreparedData) -> None:
-    def write(fh):
-        np.savez(
-            fh,
-            images=data.images,
-            masks_packed=np.packbits(data.masks.astype(bool), axis=-1),
-            labels=data.labels,
-            original_sizes=np.asarray(data.original_sizes, dtype=np.int64).reshape(-1, 2),
-            ids=np.asarray(json.dumps(data.ids)),
-            image_size=np.asarray(data.image_size),
-        )
-
-    _atomic_write_bytes(path, write)
-
-
-def _load_cache(path: Path, records: Sequence[SampleRecord], image_size: int) -> PreparedData | None:
+def _save_cache(entry: Path, data: PreparedData) -> None:
+    """Write a cache entry: a folder with ``images.npy``, ``masks.npy`` and ``meta.json``,
+    assembled under a temporary name and renamed into place (atomic)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        with np.load(path, allow_pickle=False) as z:
-            ids = json.loads(str(z["ids"]))
-            if ids != [r.id for r in records] or int(z["image_size"]) != image_size:
-                return None
-            masks = np.unpackbits(z["masks_packed"], axis=-1, count=image_size)
-            return PreparedData(
-                ids=ids,
-                images=z["images"],
-                masks=masks,
-                labels=z["labels"].astype(np.int64),
-                original_sizes=[tuple(int(v) for v in row) for row in z["original_sizes"]],
-                records=list(records),
-                image_size=image_size,
-            )
-    except FileNotFoundError:
+        np.save(tmp / "images.npy", data.images)
+        np.save(tmp / "masks.npy", data.masks)
+        meta = {
+            "version": PREPROCESS_VERSION,
+            "image_size": data.image_size,
+            "ids": data.ids,
+            "labels": data.labels.tolist(),
+            "original_sizes": [list(s) for s in data.original_sizes],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not (entry / "meta.json").is_file():  # not a concurrent writer of the same entry
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_cache(entry: Path, records: Sequence[SampleRecord], image_size: int) -> PreparedData | None:
+    """The cached arrays of ``entry``, or None when absent or not matching ``records``."""
+    if not (entry / "meta.json").is_file():
         return None
-    except Exception as exc:  # a damaged cache file is rebuilt, never trusted
-        log.warning("ignoring unreadable cache file %s (%s)", path, exc)
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if (
+            meta.get("version") != PREPROCESS_VERSION
+            or meta.get("image_size") != image_size
+            or meta.get("ids") != [r.id for r in records]
+        ):
+            return None
+        images = np.load(entry / "images.npy", allow_pickle=False)
+        masks = np.load(entry / "masks.npy", allow_pickle=False)
+        n = len(records)
+        if images.shape != (n, image_size, image_size) or masks.shape != images.shape:
+            return None
+        return PreparedData(
+            ids=meta["ids"],
+            images=images,
+            masks=masks,
+            labels=np.asarray(meta["labels"], dtype=np.int64),
+            original_sizes=[tuple(int(v) for v in row) for row in meta["original_sizes"]],
+            records=list(records),
+            image_size=image_size,
+        )
+    except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+        log.warning("removing unreadable cache entry %s (%s)", entry, exc)
+        shutil.rmtree(entry, ignore_errors=True)
         return None
 
 
@@ -291,16 +313,16 @@ def prepare(
     pointer = folder / f"stat-{stat_key}.txt"
     if pointer.is_file():
         content_key = pointer.read_text().strip()
-        data = _load_cache(folder / f"{content_key}.npz", records, image_size)
+        data = _load_cache(folder / content_key, records, image_size)
         if data is not None:
             log.debug("prepare: cache hit %s (%.2fs)", content_key, time.perf_counter() - start)
             return data
     content_key = _content_key(records, image_size)
-    data = _load_cache(folder / f"{content_key}.npz", records, image_size)
+    data = _load_cache(folder / content_key, records, image_size)
     if data is None:
         data = _decode_all(records, image_size, progress)
         try:
-            _save_cache(folder / f"{content_key}.npz", data)
+            _save_cache(folder / content_key, data)
         except OSError as exc:  # a read-only cache must not stop training
             log.warning("prepare: cannot write cache in %s (%s)", folder, exc)
             return data
