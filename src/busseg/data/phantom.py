@@ -22,8 +22,9 @@ Image formation (each step a simplification of B-mode physics, chosen for speed)
    smoothing the complex field with an anisotropic Gaussian (lateral wider than axial, as the
    lateral resolution of a linear probe is worse) gives correlated, Rayleigh-distributed
    multiplicative noise.
-5. **Depth attenuation** ``exp(-alpha * depth)`` with random ``alpha``, a random overall gain,
-   then log compression to 8 bits, as a scanner display does.
+5. **Depth attenuation** ``exp(-alpha * depth)`` with random ``alpha``, a smooth random gain
+   along depth (time-gain compensation) and across the probe (uneven contact), a random overall
+   gain, then log compression to 8 bits, as a scanner display does.
 
 The mask is exactly the lesion region used in step 3 (pixel centres inside the lesion
 boundary), so Dice against it is exact. Every image is generated from its own seed
@@ -207,9 +208,12 @@ def _one_phantom(rng: np.random.Generator, size: int, malignant: bool) -> tuple[
     speckle = np.hypot(re, im)
     speckle /= speckle.mean()
 
-    # 5. attenuation, gain and log compression to 8 bits
-    attenuation = np.exp(-rng.uniform(0.9, 1.7) * axis)[:, None]
-    envelope = echo * speckle * attenuation * np.float32(rng.uniform(0.8, 1.2))
+    # 5. attenuation, gain and log compression to 8 bits. The gain varies smoothly across the
+    # probe (uneven contact) and with depth (the operator's time-gain compensation sliders),
+    # which also keeps phantoms from looking alike to a perceptual hash.
+    attenuation = np.exp(-rng.uniform(0.9, 1.7) * axis + _smooth_curve(rng, axis, 0.25))[:, None]
+    lateral_gain = np.exp(_smooth_curve(rng, axis, 0.3, n_waves=2))[None, :]
+    envelope = echo * speckle * (attenuation * lateral_gain).astype(np.float32) * np.float32(rng.uniform(0.8, 1.2))
     dynamic = np.float32(40.0)
     display = np.log1p(dynamic * envelope) * np.float32(255.0 / np.log1p(40.0 * 3.0))
     image = np.clip(np.round(display), 0, 255).astype(np.uint8)
