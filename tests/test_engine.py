@@ -128,10 +128,14 @@ def test_existing_run_needs_resume(trained_run):
     assert again["best_checkpoint"]
 
 
-class _InterruptAfterFirstEpoch(L.Callback):
+class _SimulatedCrash(RuntimeError):
+    pass
+
+
+class _CrashAfterFirstEpoch(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == 0:
-            raise KeyboardInterrupt
+            raise _SimulatedCrash("killed after epoch 0")
 
 
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
@@ -139,12 +143,15 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     full = tmp_path / "full"
     train_fold(recipe, full, data_options=PHANTOMS, evaluate_test=False, **QUIET)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(_SimulatedCrash):
         train_fold(recipe, cut, data_options=PHANTOMS, evaluate_test=False,
-                   callbacks=[_InterruptAfterFirstEpoch()], **QUIET)
+                   callbacks=[_CrashAfterFirstEpoch()], **QUIET)
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
     assert not (cut / "result.json").exists()
     train_fold(recipe, cut, data_options=PHANTOMS, evaluate_test=False, resume=True, **QUIET)
+    header = (cut / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    rows = [dict(zip(header, r.split(","))) for r in (cut / "logs" / "metrics.csv").read_text().splitlines()[1:]]
+    assert {int(r["epoch"]) for r in rows if r.get("epoch")} == {0, 1, 2}, "training curve lost on resume"
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for key in a:

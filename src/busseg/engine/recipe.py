@@ -9,6 +9,7 @@ and any field can be overridden with ``key=value`` strings (``optimizer.lr=3e-4`
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,20 @@ AUGMENTATION_KEYS = {
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 SCHEDULERS = ("none", "plateau", "poly", "cosine", "step")
 NORMALIZATIONS = ("minmax", "zscore", "imagenet")
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _coerce_numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string: turn such strings into floats."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce_numbers(v) for v in value]
+    return value
 
 
 def recipes_dir() -> Path:
@@ -163,7 +178,7 @@ def load_recipe(name_or_path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe file {path}: not valid YAML ({exc})") from exc
-    return validate_recipe(data, str(path))
+    return validate_recipe(_coerce_numbers(data), str(path))
 
 
 def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "override") -> dict:
@@ -174,7 +189,7 @@ def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "ov
             raise ConfigError(f"{source} {item!r}: expected key=value (e.g. optimizer.lr=1e-4)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = _coerce_numbers(yaml.safe_load(raw))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source} {item!r}: value is not valid YAML") from exc
         parts = key.strip().split(".")

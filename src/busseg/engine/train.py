@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ from busseg.models import model_info
 from busseg.models.weights import collect_weights_info
 
 log = logging.getLogger("busseg")
+# Augmentation lives in the LightningModule on purpose (it runs on the device, after transfer).
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -75,6 +79,37 @@ class BussegDataModule(L.LightningDataModule):
         rank, world = self._rank()
         return make_loader(self.tensors, self.val_ids, self.batch_size, shuffle=False,
                            rank=rank, world_size=world)
+
+
+def _merge_metric_logs(log_dir: Path) -> None:
+    """Lightning's CSV logger starts ``metrics.csv`` afresh when a run resumes; put the rows of
+    the earlier session(s) back in front so the training curves stay whole."""
+    import csv
+    import io
+
+    previous, current = log_dir / ".metrics_previous.csv", log_dir / "metrics.csv"
+    if not previous.is_file():
+        return
+    with open(previous, newline="") as fh:
+        old = list(csv.DictReader(fh))
+    new = []
+    if current.is_file():
+        with open(current, newline="") as fh:
+            new = list(csv.DictReader(fh))
+    first_new_epoch = min((int(r["epoch"]) for r in new if r.get("epoch")), default=None)
+    if first_new_epoch is not None:
+        old = [r for r in old if not r.get("epoch") or int(r["epoch"]) < first_new_epoch]
+    keys: list[str] = []
+    for row in old + new:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(old + new)
+    from busseg.engine.io import atomic_write_text
+
+    atomic_write_text(current, buf.getvalue())
+    previous.unlink()
 
 
 def _is_main_process() -> bool:
@@ -233,14 +268,28 @@ def train_fold(
     )
     datamodule = BussegDataModule(tensors, train_ids, val_ids, recipe["batch_size"], recipe["seed"])
     started = time.time()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume and last_ckpt.exists() else None)
-    train_seconds = time.time() - started
-    if trainer.interrupted:
-        if trainer.is_global_zero:
+    sigint = signal.getsignal(signal.SIGINT)
+    log_dir = out_dir / "logs"
+    if main and resume and (log_dir / "metrics.csv").is_file():
+        (log_dir / "metrics.csv").replace(log_dir / ".metrics_previous.csv")
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume and last_ckpt.exists() else None)
+    except (SystemExit, Exception) as exc:
+        # Lightning turns Ctrl-C into SystemExit(1) after a graceful shutdown; a crash keeps
+        # its exception. Either way the last complete checkpoint stays and --resume continues.
+        signal.signal(signal.SIGINT, sigint)
+        if trainer.is_global_zero and (out_dir / "run.json").is_file():
             record = yaml.safe_load((out_dir / "run.json").read_text())
-            record.update(status="interrupted", interrupted_at_epoch=trainer.current_epoch)
+            record.update(status="interrupted", interrupted_at_epoch=trainer.current_epoch,
+                          reason=f"{type(exc).__name__}: {exc}")
             atomic_write_json(out_dir / "run.json", record)
-        raise KeyboardInterrupt(f"training interrupted; continue with --resume (run {out_dir})")
+        if isinstance(exc, SystemExit):
+            raise KeyboardInterrupt(f"training interrupted; continue with --resume (run {out_dir})") from None
+        raise
+    finally:
+        if main:
+            _merge_metric_logs(log_dir)
+    train_seconds = time.time() - started
     if not trainer.is_global_zero:
         return {}
 
@@ -299,6 +348,28 @@ def cross_validate(
     return summarize_cv(out_dir, recipe, folds)
 
 
+def _classification_across_folds(per_fold: list[dict]) -> dict:
+    """Mean and std (ddof=1, as :func:`summarize_folds`) across folds of each classification
+    metric; a fold where a metric is undefined (AUC with one class) is counted, not hidden."""
+    import math
+
+    import numpy as np
+
+    out = {}
+    for key, value in per_fold[0].items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        values = [float(f[key]) for f in per_fold]
+        defined = [v for v in values if not math.isnan(v)]
+        out[key] = {
+            "mean": float(np.mean(defined)) if defined else math.nan,
+            "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else math.nan,
+            "folds": values,
+            "n_defined": len(defined),
+        }
+    return out
+
+
 def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
     """Aggregate the folds' test summaries: mean ± std across folds of per-image means."""
     import json
@@ -326,15 +397,7 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
             cv["segmentation_postprocessed"] = summarize_folds(
                 [s["segmentation_postprocessed"] for s in fold_summaries])
     if "classification" in fold_summaries[0]:
-        keys = [k for k, v in fold_summaries[0]["classification"].items() if isinstance(v, (int, float))]
-        import numpy as np
-
-        cv["classification"] = {
-            k: {"mean": float(np.nanmean([s["classification"][k] for s in fold_summaries])),
-                "std": float(np.nanstd([s["classification"][k] for s in fold_summaries])),
-                "folds": [s["classification"][k] for s in fold_summaries]}
-            for k in keys
-        }
+        cv["classification"] = _classification_across_folds([s["classification"] for s in fold_summaries])
     write_rows_csv(rows, out_dir / "cv_per_image.csv")
     atomic_write_json(out_dir / "cv_summary.json", cv)
     return cv
