@@ -65,6 +65,19 @@ def test_outputs_have_contract_shapes(full_model):
     assert gates.min() >= 0 and gates.max() <= 1
 
 
+def test_size_matches_the_documented_count_and_deformable_flops_are_counted(full_model):
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.ops import DeformConv2d
+
+    from busseg.models import count_parameters
+
+    assert count_parameters(full_model) == 31_910_321  # documented in the model docstring
+    conv = DeformConv2d(8, 4, 3, padding=1)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        conv(torch.randn(2, 8, 5, 6), torch.zeros(2, 18, 5, 6))
+    assert counter.get_total_flops() == 2 * (2 * 4 * 8 * 9 * 5 * 6)  # 1 MAC = 2 FLOPs
+
+
 def test_three_channel_input_and_non_square_size():
     model = build("cunet", in_channels=3).eval()
     with torch.no_grad():
