@@ -6,7 +6,7 @@ import argparse
 import json
 from importlib import resources
 
-from busseg.errors import ConfigError
+from busseg.errors import BussegError, ConfigError
 
 _DESCRIPTION = """\
 List every registered model: name, paper, number of parameters (built with random
@@ -14,7 +14,8 @@ initialisation, encoder_weights="none"), whether it is multi-task (segmentation 
 benign/malignant classification) and the name of its default recipe
 (busseg/recipes/<recipe>.yaml; "(missing)" when the file does not exist).
 
-Models are built one at a time on the CPU. --flops adds the cost of one forward pass at
+Models are built one at a time, on PyTorch's "meta" device where possible (shapes only,
+no memory), else on the CPU. --flops adds the cost of one forward pass at
 batch 1 (eval mode), counted by torch.utils.flop_counter: GFLOPs count a multiply-add as 2
 FLOPs, GMACs = GFLOPs / 2 (papers usually print MACs under the name "FLOPs")."""
 
@@ -50,6 +51,19 @@ def _recipe_exists(recipe: str) -> bool:
     return resources.files("busseg").joinpath("recipes", f"{recipe}.yaml").is_file()
 
 
+def _build(name: str, in_channels: int, on_meta: bool):
+    """Build ``name`` with random init; on the ``meta`` device when asked (shapes only: no
+    memory and no initialisation cost, same parameter count and FLOPs)."""
+    import torch
+
+    from busseg.models import create_model
+
+    if not on_meta:
+        return create_model(name, in_channels=in_channels, encoder_weights="none")
+    with torch.device("meta"):
+        return create_model(name, in_channels=in_channels, encoder_weights="none")
+
+
 def describe_models(
     names: list[str] | None = None,
     flops: bool = False,
@@ -57,8 +71,13 @@ def describe_models(
     in_channels: int = 1,
 ) -> list[dict]:
     """One dict per model (name, paper, parameters, multitask, segments, recipe,
-    recipe_found, size_divisor and, with ``flops``, gflops/gmacs at ``image_size``)."""
-    from busseg.models import create_model, list_models, model_info
+    recipe_found, size_divisor and, with ``flops``, gflops/gmacs at ``image_size``).
+
+    Each model is built on the ``meta`` device first (only shapes, so a 134 M-parameter FCN
+    costs nothing); a model whose construction or forward pass needs real data (e.g. a
+    ``.item()`` call) is rebuilt on the CPU for that step. Models are built one at a time.
+    """
+    from busseg.models import list_models, model_info
     from busseg.models.complexity import count_flops, count_parameters
 
     selected = names or list_models()
@@ -74,7 +93,14 @@ def describe_models(
             "recipe": info.recipe,
             "recipe_found": _recipe_exists(info.recipe),
         }
-        model = create_model(info.name, in_channels=in_channels, encoder_weights="none")
+        on_meta = True
+        try:
+            model = _build(info.name, in_channels, on_meta=True)
+        except BussegError:
+            raise
+        except Exception:  # meta tensors cannot do everything: build it for real
+            on_meta = False
+            model = _build(info.name, in_channels, on_meta=False)
         row["parameters"] = count_parameters(model)
         if flops:
             if image_size % info.size_divisor:
@@ -82,7 +108,15 @@ def describe_models(
                     f"--image-size {image_size} is not divisible by {info.size_divisor} "
                     f"(needed by model {info.name!r})"
                 )
-            total = count_flops(model, image_size=image_size, in_channels=in_channels)
+            try:
+                total = count_flops(model, image_size=image_size, in_channels=in_channels)
+            except BussegError:
+                raise
+            except Exception:
+                if not on_meta:
+                    raise
+                model = _build(info.name, in_channels, on_meta=False)
+                total = count_flops(model, image_size=image_size, in_channels=in_channels)
             row["image_size"] = image_size
             row["gflops"] = total / 1e9
             row["gmacs"] = total / 2e9

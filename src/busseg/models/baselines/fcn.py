@@ -32,6 +32,8 @@ Choices where the paper's Caffe network and today's usage differ (documented her
   which equals repeating the gray channel (see ``_common.grayscale_first_conv``).
 - **ResNet-18 variant.** ResNet has no fc6/fc7 to convolutionalise; the FCN-8s scoring and
   fusion head sits directly on the 1/8, 1/16, 1/32 stage outputs (128, 256, 512 channels).
+  The timm ResNet is randomly initialised like torchvision's (no zero-initialised last BN in
+  the residual branches), so offline it starts like the smp ResNet-18 baselines.
 """
 
 from __future__ import annotations
@@ -117,7 +119,12 @@ class ResNetFCNEncoder(nn.Module):
     def __init__(self, in_channels: int = 1, encoder_weights: str = "imagenet", name: str = "resnet18") -> None:
         super().__init__()
         try:
-            self.backbone = timm_encoder(name, weights=encoder_weights, in_channels=in_channels, out_indices=(2, 3, 4))
+            # zero_init_last=False: random init as torchvision's ResNet (smp's ResNet-18
+            # baselines), not timm's zero-gamma residual branches
+            self.backbone = timm_encoder(
+                name, weights=encoder_weights, in_channels=in_channels, out_indices=(2, 3, 4),
+                zero_init_last=False,
+            )
         except RuntimeError as exc:  # timm: unknown model name
             raise ConfigError(f"model 'fcn_resnet18': encoder {name!r}: {exc}") from exc
         reductions = self.backbone.feature_info.reduction()
