@@ -147,3 +147,18 @@ def test_config_round_trip_presets_and_validation():
                 {"fill_holes": "yes"}, {"connectivity": 3}, {"smooth_radius": 1.5}):
         with pytest.raises(ConfigError):
             PostprocessConfig.from_dict(bad)
+
+
+def test_reference_size_scales_the_preset_to_the_mask_resolution():
+    assert PAPER_DEFAULT.pixel_sizes((256, 256)) == (100, 2)
+    assert PAPER_DEFAULT.pixel_sizes((64, 64)) == (6, 1)
+    assert PAPER_DEFAULT.pixel_sizes((512, 512)) == (400, 4)
+    assert PostprocessConfig(min_component_px=7, smooth_radius=3).pixel_sizes((64, 64)) == (7, 3)
+    # a 5x5 lesion (25 px) survives the preset at 64x64 (threshold 6 px) but not 100 px
+    mask = np.zeros((64, 64), bool)
+    mask[20:25, 20:25] = True
+    assert postprocess_mask(mask, PAPER_DEFAULT).sum() > 0
+    unscaled = PostprocessConfig.from_dict({**PAPER_DEFAULT.to_dict(), "reference_size": None})
+    assert postprocess_mask(mask, unscaled).sum() == 0
+    with pytest.raises(ConfigError, match="reference_size"):
+        PostprocessConfig(reference_size=0)

@@ -24,13 +24,17 @@ split a component or leave a fragment, which steps 3-4 then remove); holes are f
 the output has none. Components use ``connectivity`` 2 (8-neighbourhood) by default; holes use
 the complementary 4-neighbourhood, so a diagonal gap in a ring does not open a hole.
 
-Sizes are in pixels of the mask passed in: a preset tuned at 256×256 must be scaled for other
-resolutions. A step may empty a mask (e.g. one small true lesion); that is the configured
-behaviour and is not hidden.
+Sizes (``min_component_px``, ``smooth_radius``) are in pixels of the mask passed in, unless
+``reference_size`` is set: then they are given for a ``reference_size``² image and scaled to the
+actual mask (areas by s², the radius by s, s = sqrt(H·W) / reference_size, rounded half up), so
+one preset means the same at 64² and at 512² (evaluation runs at the model's input size). A step
+may empty a mask (e.g. one small true lesion); that is the configured behaviour and is not
+hidden.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Mapping
 
@@ -53,12 +57,14 @@ class PostprocessConfig:
     fill_holes: bool = False
     smooth_radius: int = 0
     connectivity: int = 2
+    reference_size: int | None = None
     enabled: bool = True
 
-    #: The preset used for the paper's "processed mask" (Guo §5 gives no parameters), tuned for
-    #: 256×256 predictions: drop specks under 100 px (0.15 % of the image, about an 11-px
-    #: disc), smooth the boundary with a radius-2 disk, fill holes. ``keep_largest`` stays off
-    #: because some BUSI images have two lesions (``_mask_1`` files).
+    #: The preset used for the paper's "processed mask" (Guo §5 gives no parameters), stated
+    #: for 256×256 masks and scaled to others (``reference_size=256``): drop specks under
+    #: 100 px (0.15 % of the image, about an 11-px disc), smooth the boundary with a radius-2
+    #: disk, fill holes. ``keep_largest`` stays off because some BUSI images have two lesions
+    #: (``_mask_1`` files).
     PAPER_DEFAULT: ClassVar["PostprocessConfig"]
     #: Thresholding only (the raw prediction).
     RAW: ClassVar["PostprocessConfig"]
@@ -81,6 +87,12 @@ class PostprocessConfig:
             or self.keep_largest < 1
         ):
             raise bad("keep_largest", "must be None (off) or a positive integer k")
+        if self.reference_size is not None and (
+            isinstance(self.reference_size, bool)
+            or not isinstance(self.reference_size, (int, np.integer))
+            or self.reference_size < 1
+        ):
+            raise bad("reference_size", "must be None (sizes in pixels) or a positive image side")
         if self.connectivity not in (1, 2):
             raise bad("connectivity", "must be 1 (4-neighbourhood) or 2 (8-neighbourhood)")
         for name in ("fill_holes", "enabled"):
@@ -129,6 +141,17 @@ class PostprocessConfig:
             and self.smooth_radius == 0
         )
 
+    def pixel_sizes(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """``(min_component_px, smooth_radius)`` for a mask of ``shape`` (scaled when
+        ``reference_size`` is set)."""
+        if self.reference_size is None:
+            return int(self.min_component_px), int(self.smooth_radius)
+        scale = math.sqrt(shape[0] * shape[1]) / self.reference_size
+        return (
+            int(math.floor(self.min_component_px * scale**2 + 0.5)),
+            int(math.floor(self.smooth_radius * scale + 0.5)),
+        )
+
     def describe(self) -> str:
         """One line for reports, e.g. ``threshold 0.5; smooth r=2; remove <100 px; fill holes``."""
         parts = [f"threshold {self.threshold:g}"]
@@ -141,11 +164,18 @@ class PostprocessConfig:
                 parts.append(f"keep {self.keep_largest} largest")
             if self.fill_holes:
                 parts.append("fill holes")
+            if self.reference_size is not None:
+                parts.append(f"sizes for {self.reference_size}x{self.reference_size}")
         return "; ".join(parts)
 
 
 PostprocessConfig.PAPER_DEFAULT = PostprocessConfig(
-    threshold=0.5, min_component_px=100, keep_largest=None, fill_holes=True, smooth_radius=2
+    threshold=0.5,
+    min_component_px=100,
+    keep_largest=None,
+    fill_holes=True,
+    smooth_radius=2,
+    reference_size=256,
 )
 PostprocessConfig.RAW = PostprocessConfig()
 PAPER_DEFAULT = PostprocessConfig.PAPER_DEFAULT
@@ -237,8 +267,9 @@ def postprocess_mask(prob_or_mask: np.ndarray, config: PostprocessConfig | None 
     mask = binarize(prob_or_mask, config.threshold)
     if config.is_identity:
         return mask
-    mask = smooth_boundary(mask, config.smooth_radius)
-    mask = remove_small_components(mask, config.min_component_px, config.connectivity)
+    min_component_px, smooth_radius = config.pixel_sizes(mask.shape)
+    mask = smooth_boundary(mask, smooth_radius)
+    mask = remove_small_components(mask, min_component_px, config.connectivity)
     if config.keep_largest is not None:
         mask = keep_largest_components(mask, config.keep_largest, config.connectivity)
     if config.fill_holes:
