@@ -32,7 +32,7 @@ Choices where the papers are silent or ambiguous (each is an option of :class:`A
 - Guo §4 AG mentions "batch normalization" inside the gate; Oktay Eq. 1 has none. The gate's
   ``norm`` option puts BatchNorm on the two projections W_xᵀx and W_gᵀg before their sum:
   ``None`` for the baseline, ``"bn"`` for ``attention_unet_plus``. F_int (the gate's inner
-  width) is half the skip's channel count, as in Oktay's 2-D configuration.
+  width, not fixed by either paper) is half the skip's channel count.
 - Guo §4 encoder says "four-level progressive structure" and, in the abstract / introduction,
   that "the network depth is increased" relative to U-Net. We read the four levels as the
   classic U-Net's down-sampling steps and add one: ``depth=5`` max-poolings, i.e. six
@@ -42,15 +42,15 @@ Choices where the papers are silent or ambiguous (each is an option of :class:`A
   gate, so ``attention_unet_plus`` has no normalisation in its conv blocks (``block_norm=None``);
   the Oktay baseline uses conv-BN-ReLU (``block_norm="bn"``).
 - Dropout (Guo §4 encoder): element-wise ``nn.Dropout`` between the two convs of each encoder
-  level and of the bottleneck, rate rising with depth 0.1, 0.1, 0.2, 0.2, 0.3, 0.3 (the usual
-  rates of Keras U-Nets on BUSI; the paper gives none). Decoder blocks have no dropout.
+  level and of the bottleneck, rate rising with depth 0.1, 0.1, 0.2, 0.2, 0.3, 0.3 (our
+  choice, common in small-data U-Nets; the paper gives none). Decoder blocks have no dropout.
 - "Normal initialization" (Guo §4 encoder): every conv / transposed-conv weight is drawn from
   N(0, std²) with He's std = sqrt(2 / fan_in), fan_in = k·k·C_in (``init_std=None``), or from
   N(0, init_std²) when a number is given; biases start at 0, BatchNorm at (γ=1, β=0). The
   baseline keeps PyTorch's default (Kaiming-uniform) initialisation.
 - Up-sampling (Guo §4 decoder: "an up-sampling operation"): bilinear ×2 of the coarser decoder
-  feature, concatenated with the gated skip, then two 3×3 convs to the skip's width; Oktay's
-  2-D decoder is the same.
+  feature (no extra parameters), concatenated with the gated skip, then two 3×3 convs to the
+  skip's width; the baseline uses the same decoder.
 - Oktay's deep supervision is not part of either configuration (Guo has a single output).
 
 Attention coefficients of every gate are returned in ``ModelOutput.extras["attention_<l>"]``,
