@@ -65,6 +65,8 @@ def register(sub) -> None:
                      help="also evaluate every fold model on all images of this dataset (repeatable)")
     run.add_argument("--no-complexity", action="store_true", help="skip parameters/FLOPs/timing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check every recipe under the protocol and print the plan; train nothing, write nothing")
     add_trainer_options(run)
     run.set_defaults(func=_run)
 
@@ -126,10 +128,27 @@ def _common(args) -> dict:
                 progress=not args.no_progress)
 
 
+def _print_plan(models: list[str], options: dict) -> None:
+    from busseg.report.benchmark import plan_benchmark, resolve_protocol
+
+    protocol = resolve_protocol(options["protocol"], options["overrides"])
+    planned = plan_benchmark(models, protocol, k=options["k"], recipes=options["recipes"])
+    k = next(iter(planned.values()))["cv_folds"]
+    print(f"protocol {protocol.name!r}, {k} folds of one shared split of {options['dataset']}, {len(planned)} model(s):")
+    print(f"  {'model':<24} {'size':>5} {'epochs':>6} {'batch':>5} {'channels':>8}  {'weights':<8} optimizer / loss")
+    for name, r in planned.items():
+        print(f"  {name:<24} {r['image_size']:>5} {r['epochs']:>6} {r['batch_size']:>5} {r['in_channels']:>8}  "
+              f"{r['encoder_weights']:<8} {r['optimizer']['name']} lr={r['optimizer']['lr']} / {r['loss']['name']}")
+
+
 def _run(args) -> int:
     from busseg.report.benchmark import parse_cross, run_benchmark
 
     options = _common(args)
+    if args.dry_run:
+        parse_cross(args.cross)
+        _print_plan(_resolve_models(args.models), options)
+        return 0
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     record = run_benchmark(args.out, _resolve_models(args.models), folds=folds, split=args.split,
                            cross=parse_cross(args.cross), complexity=not args.no_complexity,

@@ -158,6 +158,27 @@ def parse_cross(items: Sequence[str] | None) -> list[tuple[str, str | None]]:
     return out
 
 
+def plan_benchmark(models: Sequence[str], protocol: Protocol, *, k: int | None = None,
+                   recipes: Mapping[str, str | Path | dict] | None = None) -> dict[str, dict]:
+    """The recipe each model will be trained with (checked, nothing written): the model's paper
+    recipe or ``recipes[model]``, under ``protocol``, with ``cv_folds`` = the shared split's
+    fold count ``k`` (default: the protocol's ``cv_folds``; 5 under ``paper``)."""
+    models = list(dict.fromkeys(models))
+    if not models:
+        raise ConfigError("benchmark: no models given")
+    bases = dict(recipes or {})
+    unknown = sorted(set(bases) - set(models))
+    if unknown:
+        raise ConfigError(f"benchmark: recipes given for models not in the run: {unknown}")
+    if k is None:
+        k = benchmark_recipe(models[0], protocol, base=bases.get(models[0]))["cv_folds"] if protocol.name != "paper" else 5
+    planned = {m: benchmark_recipe(m, protocol, k, bases.get(m)) for m in models}
+    if len({r["include_normal"] for r in planned.values()}) > 1:
+        raise ConfigError("benchmark: the recipes disagree on include_normal; one split needs one image set "
+                          "(set it in the protocol, e.g. --set include_normal=false)")
+    return planned
+
+
 # ------------------------------------------------------------------ results folder bookkeeping
 
 
@@ -276,20 +297,10 @@ def run_benchmark(
 
     out = Path(out)
     models = list(dict.fromkeys(models))
-    if not models:
-        raise ConfigError("benchmark: no models given")
     proto = resolve_protocol(protocol, overrides)
-    bases = dict(recipes or {})
-    unknown = sorted(set(bases) - set(models))
-    if unknown:
-        raise ConfigError(f"benchmark: recipes given for models not in the run: {unknown}")
-    first = benchmark_recipe(models[0], proto, base=bases.get(models[0]))
-    k = k or (first["cv_folds"] if proto.name != "paper" else 5)
-    recipes = {m: benchmark_recipe(m, proto, k, bases.get(m)) for m in models}
-    normal = {r["include_normal"] for r in recipes.values()}
-    if len(normal) > 1:
-        raise ConfigError("benchmark: the recipes disagree on include_normal; one split needs one image set "
-                          "(set it in the protocol, e.g. --set include_normal=false)")
+    recipes = plan_benchmark(models, proto, k=k, recipes=recipes)
+    first = recipes[models[0]]
+    k = first["cv_folds"]
 
     meta_path = out / "benchmark.json"
     meta = _read_json(meta_path)
@@ -385,4 +396,4 @@ def _update_complexity(path: Path, recipes: dict[str, dict], device: str) -> Non
 
 
 __all__ = ["QUICK_LABEL", "QUICK_PROTOCOL", "Protocol", "benchmark_recipe", "measure_complexity",
-           "parse_cross", "resolve_protocol", "run_benchmark"]
+           "parse_cross", "plan_benchmark", "resolve_protocol", "run_benchmark"]

@@ -32,7 +32,7 @@ import numpy as np
 from busseg.engine.io import atomic_write_json, atomic_write_text
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.errors import ConfigError
-from busseg.report.benchmark import QUICK_LABEL, Protocol, benchmark_recipe, resolve_protocol
+from busseg.report.benchmark import QUICK_LABEL, Protocol, plan_benchmark, resolve_protocol
 from busseg.report.html import Cell, Document, Table, to_html, to_markdown
 from busseg.report.stats import paired_test
 
@@ -96,13 +96,10 @@ def leakage_study(
 
     out = Path(out)
     models = list(dict.fromkeys(models))
-    if not models:
-        raise ConfigError("leakage study: no model given")
     proto = resolve_protocol(protocol, overrides)
-    bases = recipes or {}
-    first = benchmark_recipe(models[0], proto, base=bases.get(models[0]))
-    k = k or first["cv_folds"]
-    model_recipes = {m: benchmark_recipe(m, proto, k, bases.get(m)) for m in models}
+    model_recipes = plan_benchmark(models, proto, k=k, recipes=recipes)
+    first = model_recipes[models[0]]
+    k = first["cv_folds"]
     seed, val_fraction = first["seed"], float(first["validation"]["fraction"])
 
     meta_path = out / "leakage.json"
