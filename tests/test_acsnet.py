@@ -290,3 +290,20 @@ def test_training_steps_on_phantoms_lower_both_task_losses():
     assert history[-1]["total"] < history[0]["total"]
     assert history[-1]["loss_dice"] < history[0]["loss_dice"]
     assert history[-1]["loss_cls"] < history[0]["loss_cls"]
+
+
+def test_recipes_hold_the_papers_settings_and_serve_all_three_models():
+    from busseg.engine.recipe import load_recipe
+
+    busi, udiat = load_recipe("acsnet"), load_recipe("acsnet_udiat")
+    assert (busi["epochs"], busi["batch_size"], udiat["epochs"], udiat["batch_size"]) == (100, 16, 90, 4)
+    for recipe in (busi, udiat):
+        assert recipe["optimizer"] == {"name": "adam", "lr": 1e-4, "betas": [0.9, 0.99], "weight_decay": 1e-4}
+        assert recipe["loss"]["cls_weight"] == 0.3 and recipe["loss"]["lossnet_weight"] == 0.2
+        assert recipe["augmentation"]["rotate_deg"] == [10, 30] and recipe["image_size"] == 256
+        # the authors' LambdaLR, lr0 * (0.1 + 0.9 * (1 + cos(pi e / E)) / 2), is cosine annealing to 0.1 lr0
+        assert recipe["scheduler"] == {"name": "cosine", "eta_min": 0.1 * recipe["optimizer"]["lr"]}
+        assert recipe["validation"]["fraction"] > 0  # selection never on the test fold
+    for name in ("acsnet", "acsnet_unet", "acsnet_clsnet"):
+        assert model_info(name).recipe == "acsnet"
+        create_model(name, in_channels=busi["in_channels"], encoder_weights="none", **busi["model_options"])

@@ -192,7 +192,9 @@ class ACSNetObjective(nn.Module):
 
     def segmentation_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 12: ``L_dice + gamma * L_LossNet``; returns the loss and its parts."""
-        mask = mask.to(logits.dtype)
+        # float32 whatever the autocast dtype: the sums of Eq. 9 run over whole images
+        logits = logits.float()
+        mask = mask.float()
         if mask.shape[-2:] != logits.shape[-2:]:
             mask = F.interpolate(mask, size=logits.shape[-2:], mode="nearest")
         probabilities = torch.sigmoid(logits)
@@ -226,7 +228,7 @@ class ACSNetObjective(nn.Module):
             total = seg_loss
         else:
             total = self.cls_weight * cls_loss + (1.0 - self.cls_weight) * seg_loss
-        parts["lossnet_gamma"] = torch.tensor(self.lossnet_gamma_effective)
+        parts["lossnet_gamma"] = torch.tensor(self.lossnet_gamma_effective, device=total.device)
         return total, parts
 
 

@@ -94,7 +94,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import register_flop_formula
+from torch.utils import flop_counter
 from torchvision.ops import DeformConv2d
 
 from busseg.errors import ConfigError
@@ -109,13 +109,16 @@ PAPER = (
 )
 
 
-@register_flop_formula(torch.ops.torchvision.deform_conv2d)
 def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of ``torchvision::deform_conv2d`` for ``FlopCounterMode``, which otherwise counts
     it as 0: the multiply-adds of the dense convolution it replaces (x2, the counter's
     convention); the bilinear sampling is not counted."""
     out_channels, in_per_group, kh, kw = weight_shape
     return 2 * input_shape[0] * out_channels * in_per_group * kh * kw * out_shape[-2] * out_shape[-1]
+
+
+if torch.ops.torchvision.deform_conv2d not in flop_counter.flop_registry:  # once per process
+    flop_counter.register_flop_formula(torch.ops.torchvision.deform_conv2d)(_deform_conv2d_flops)
 
 
 # --------------------------------------------------------------------------------------
