@@ -136,6 +136,16 @@ def test_dcp_special_case_is_average_pooling():
     torch.testing.assert_close(dcp(z), F.avg_pool2d(z, 2))
 
 
+def test_dcp_softmax_kernel_is_a_convex_combination():
+    torch.manual_seed(7)
+    dcp = DifferentiableContextPooling(3, context=0, kernel_activation="softmax")
+    z = torch.randn(2, 3, 8, 8)
+    out = dcp(z)
+    assert (out <= F.max_pool2d(z, 2) + 1e-6).all() and (out >= -F.max_pool2d(-z, 2) - 1e-6).all()
+    torch.nn.init.zeros_(dcp.kernel.weight)  # constant kernel: softmax gives 1/r², avg pooling
+    torch.testing.assert_close(dcp(z), F.avg_pool2d(z, 2))
+
+
 def test_dcp_kernel_is_learned_and_input_dependent():
     torch.manual_seed(2)
     dcp = DifferentiableContextPooling(4)
@@ -204,6 +214,7 @@ def test_self_reversal():
         {"fusion": "concat"},
         {"fusion": "add"},
         {"fusion": "none"},
+        {"dcp_kernel": "softmax", "ccf_weights": "sigmoid"},
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
