@@ -61,7 +61,9 @@ reports 54.4 M, Table V, without giving the widths; the count does not depend on
 size): decomposition subnet 0.78 M, coupling encoder 3.14 M, decoder 4.70 M, auxiliary stream
 4.70 M, aggregation units 31.44 M (of which 18.9 M is the bottleneck unit: each DaR's six dilated
 3×3 units cost 54c²). The remaining gap to 54.4 M would need unpublished widths; we do not
-guess them. (Table III's "FLOPs (M)" of 108.9 is 2 × the parameter count, not a FLOP count.)
+guess them. Compute at 256×256, one image: 96.6 GFLOPs = 48.3 GMACs
+(``torch.utils.flop_counter``); Tables III/V's "FLOPs (M) 108.9" is twice the parameter count
+and cannot be the FLOPs of a 256² forward pass.
 
 Numerics: DCP is quadratic in its input (the kernel Δ_Z is computed from Z) and CCF cubic (ω
 comes from X_Eᵀ X_D). In training mode every following BatchNorm renormalises, so nothing
