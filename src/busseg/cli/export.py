@@ -1,0 +1,53 @@
+"""``busseg export``: ONNX export of a trained (or any registered) model, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+The exported graph takes normalised images [B, C, S, S] (dynamic batch B; S and C from the recipe)
+and returns seg_logits [B,1,S,S] and, for multi-task models, cls_logits [B,2] (apply a sigmoid /
+softmax). The recipe is stored in the file's metadata, so `busseg predict --onnx FILE` preprocesses
+as training did. The file is written only if onnxruntime agrees with PyTorch on random images.
+
+examples:
+  busseg export runs/unet_fold0 --out unet.onnx
+  busseg export runs/cv_unet --out onnx/            # fold_<k>.onnx for every fold model
+  busseg export unet_resnet18 --out r18.onnx        # untrained architecture (export check only)
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch), checked against PyTorch",
+                       description="Export a checkpoint, a train run, every fold model of a cv run, or a "
+                                   "registered model (untrained) to ONNX with a dynamic batch axis; "
+                                   "onnxruntime is compared with PyTorch on random inputs and the largest "
+                                   "absolute difference is reported.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="checkpoint, train run folder, cv folder or registered model name")
+    p.add_argument("--out", required=True,
+                   help="output .onnx file (one model) or folder (several fold models: fold_<k>.onnx)")
+    p.add_argument("--fold", type=int, default=None, help="with a cv folder: export only this fold's model")
+    p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"),
+                   help="auto: torch.export (dynamo), falling back to the TorchScript tracer (default)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the check (default 1e-3)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="registered model only: recipe override, e.g. --set image_size=128")
+    p.add_argument("--encoder-weights", default="none",
+                   help="registered model only: imagenet | none | FILE (default none)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from busseg.inference.export import export
+
+    results = export(args.source, args.out, fold=args.fold, overrides=args.overrides,
+                     encoder_weights=args.encoder_weights, exporter=args.exporter, opset=args.opset,
+                     atol=args.atol, rtol=args.rtol)
+    for result in results:
+        print(result.describe())
+        for note in result.notes:
+            print(f"  note: {note}")
+    return 0

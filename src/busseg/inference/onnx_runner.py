@@ -1,0 +1,119 @@
+"""Running an exported busseg ONNX model with onnxruntime, behind the same interface as a
+PyTorch model: calling it on an image batch returns a :class:`~busseg.models.output.ModelOutput`,
+so :func:`busseg.engine.evaluate.predict_probabilities` (ensembles, test-time flips) serves both
+without a second implementation.
+
+A busseg ONNX file (written by :func:`busseg.inference.export.export_onnx`) carries in its
+``metadata_props`` everything prediction needs besides the weights: the training recipe (image
+size, normalisation, input channels, model name) and the names of its outputs
+(``seg_logits`` ``[B,1,S,S]`` and/or ``cls_logits`` ``[B,2]``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from busseg.errors import CheckpointError
+from busseg.models.output import ModelOutput
+
+#: metadata_props keys of a busseg ONNX file.
+META_RECIPE = "busseg.recipe"
+META_OUTPUTS = "busseg.outputs"
+META_FORMAT = "busseg.format"
+META_VERSION = "busseg.version"
+META_CHECK = "busseg.check_max_abs_diff"
+#: bumped when the meaning of the exported inputs/outputs changes.
+ONNX_FORMAT = "busseg-onnx/1"
+SEG_OUTPUT = "seg_logits"
+CLS_OUTPUT = "cls_logits"
+INPUT_NAME = "image"
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise CheckpointError(
+                "device 'cuda' asked for an ONNX model, but this onnxruntime has no "
+                f"CUDAExecutionProvider (available: {', '.join(available)})"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """An exported busseg model run by onnxruntime; ``model(images)`` -> ModelOutput.
+
+    Args:
+        path: the ``.onnx`` file.
+        device: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu).
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX model {self.path} does not exist")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=_providers(device))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"ONNX model {self.path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_RECIPE not in meta or META_OUTPUTS not in meta:
+            raise CheckpointError(
+                f"ONNX model {self.path}: no busseg metadata (recipe, outputs); export it with "
+                "`busseg export` so that prediction knows the preprocessing"
+            )
+        if meta.get(META_FORMAT, ONNX_FORMAT) != ONNX_FORMAT:
+            raise CheckpointError(
+                f"ONNX model {self.path}: format {meta.get(META_FORMAT)!r}, this busseg reads {ONNX_FORMAT!r}"
+            )
+        self.recipe: dict = json.loads(meta[META_RECIPE])
+        self.outputs: list[str] = json.loads(meta[META_OUTPUTS])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> ModelOutput:
+        x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        values = dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: x})))
+        seg = torch.from_numpy(values[SEG_OUTPUT]) if SEG_OUTPUT in values else None
+        cls = torch.from_numpy(values[CLS_OUTPUT]) if CLS_OUTPUT in values else None
+        return ModelOutput(seg=seg, cls=cls)
+
+    # the few nn.Module methods that callers of a model use
+    def eval(self) -> OnnxModel:
+        return self
+
+    def to(self, *args, **kwargs) -> OnnxModel:
+        return self
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, model={self.recipe.get('model')!r}, outputs={self.outputs})"
+
+
+def load_onnx_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> tuple[OnnxModel, dict]:
+    """``(model, recipe)`` of a busseg ONNX file, like :func:`busseg.engine.evaluate.load_checkpoint`."""
+    model = OnnxModel(path, device=device, threads=threads)
+    return model, model.recipe
+
+
+__all__ = [
+    "CLS_OUTPUT",
+    "INPUT_NAME",
+    "META_RECIPE",
+    "OnnxModel",
+    "SEG_OUTPUT",
+    "load_onnx_model",
+]
