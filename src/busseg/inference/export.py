@@ -135,6 +135,22 @@ def _export_graph(wrapper: nn.Module, x: torch.Tensor, outputs: list[str], expor
             )
 
 
+def _check_signature(proto, recipe: dict) -> None:
+    """One image input ``[batch, C, S, S]`` with a symbolic batch axis."""
+    graph_inputs = [i for i in proto.graph.input if i.name not in {init.name for init in proto.graph.initializer}]
+    if len(graph_inputs) != 1:
+        raise ExportError(
+            f"model {recipe['model']!r}: the exported graph has {len(graph_inputs)} inputs instead of the "
+            "image (an output that does not depend on the input, e.g. computed through NumPy or Python "
+            "values, is baked in as a constant)"
+        )
+    dims = graph_inputs[0].type.tensor_type.shape.dim
+    expected = [int(recipe["in_channels"]), int(recipe["image_size"]), int(recipe["image_size"])]
+    if len(dims) != 4 or not dims[0].dim_param or [d.dim_value for d in dims[1:]] != expected:
+        shape = [d.dim_param or d.dim_value for d in dims]
+        raise ExportError(f"model {recipe['model']!r}: exported input shape {shape}, expected [batch, {expected}]")
+
+
 def _check(session, wrapper: nn.Module, recipe: dict, outputs: list[str], batch_sizes: Sequence[int],
            atol: float, rtol: float, seed: int) -> dict[str, float]:
     worst = dict.fromkeys(outputs, 0.0)
@@ -206,6 +222,7 @@ def export_onnx(
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise ExportError(f"model {recipe['model']!r}: exported graph is not valid ONNX ({exc})") from exc
+    _check_signature(proto, recipe)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     diffs = _check(session, wrapper, recipe, outputs, check_batch_sizes, atol, rtol, seed)
     meta = {
