@@ -18,7 +18,7 @@ from busseg.data.imageio import read_image
 from busseg.data.preprocess import normalize, resize_image
 from busseg.engine.recipe import validate_recipe
 from busseg.errors import CheckpointError, ConfigError, DataError
-from busseg.inference import predict as predict_module
+import busseg.inference.predict as predict_module
 from busseg.inference.measurements import (
     TALLER_THAN_WIDE,
     WIDER_THAN_TALL,
@@ -61,6 +61,14 @@ if "predict_tiny" not in list_models():
     @register_model("predict_tiny_mt", paper="test fixture", size_divisor=1, multitask=True)
     def _tiny_mt(in_channels=1, encoder_weights="none"):
         return _TinyNet(in_channels, multitask=True)
+
+    class _ClassifierOnly(_TinyNet):
+        def forward(self, x):
+            return ModelOutput(seg=None, cls=super().forward(x).cls)
+
+    @register_model("predict_tiny_cls", paper="test fixture", size_divisor=1, multitask=True, segments=False)
+    def _tiny_cls(in_channels=1, encoder_weights="none"):
+        return _ClassifierOnly(in_channels, multitask=True)
 
 
 def save_checkpoint(path, model_name="predict_tiny", seed=0, **recipe_changes):
@@ -231,6 +239,16 @@ def test_tta_and_ensemble_equal_their_definitions(tmp_path, mixed_folder):
     plain = np.asarray(Image.open(tmp_path / "out_ttaFalse" / "probabilities" / "a.png"), np.int16)
     flipped = np.asarray(Image.open(tmp_path / "out_ttaTrue" / "probabilities" / "a.png"), np.int16)
     assert np.abs(plain - flipped).max() > 2
+
+
+def test_classification_only_model_writes_rows_without_masks(mixed_folder, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "cls.ckpt", model_name="predict_tiny_cls")
+    out = tmp_path / "out"
+    summary = predict(ckpt, [mixed_folder / "a.png", mixed_folder / "b.png"], out, progress=False)
+    rows = json.loads((out / "predictions.json").read_text())
+    assert summary["n_with_lesion"] is None and len(rows) == 2
+    assert all(0 <= r["prob_malignant"] <= 1 and "mask" not in r and "area_px" not in r for r in rows)
+    assert not (out / "masks").exists() and not (out / "overlays").exists()
 
 
 def test_restart_skips_finished_images_and_refuses_other_settings(checkpoint, mixed_folder, tmp_path, monkeypatch):

@@ -19,10 +19,10 @@ examples:
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch), checked against PyTorch",
-                       description="Export a checkpoint, a train run, every fold model of a cv run, or a "
-                                   "registered model (untrained) to ONNX with a dynamic batch axis; "
-                                   "onnxruntime is compared with PyTorch on random inputs and the largest "
-                                   "absolute difference is reported.",
+                       description="Export a checkpoint, a train run, every fold model of a cv run, or a\n"
+                                   "registered model (untrained) to ONNX with a dynamic batch axis; onnxruntime\n"
+                                   "is compared with PyTorch on random inputs and the largest absolute\n"
+                                   "difference is reported.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="checkpoint, train run folder, cv folder or registered model name")
     p.add_argument("--out", required=True,

@@ -28,10 +28,10 @@ examples:
 def register(sub) -> None:
     p = sub.add_parser(
         "predict", help="predict lesion masks and measurements for your own images",
-        description="Segment (and classify, for multi-task models) every image of a file, a folder "
-                    "(searched recursively) or a list file (one path per line): PNG, JPEG, BMP, TIFF "
-                    "and DICOM (pixel spacing read from the file). Preprocessing is the model's "
-                    "training recipe; a cv run's fold models are ensembled (mean of probabilities).",
+        description="Segment (and classify, for multi-task models) every image of a file, a folder\n"
+                    "(searched recursively) or a list file (one path per line): PNG, JPEG, BMP, TIFF and\n"
+                    "DICOM (pixel spacing read from the file). Preprocessing is the model's training\n"
+                    "recipe; a cv run's fold models are ensembled (mean of probabilities).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders or list files (.txt/.lst/.list)")
     p.add_argument("--out", required=True, help="output folder")

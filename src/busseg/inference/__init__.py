@@ -1,26 +1,14 @@
 """Inference for users: prediction on their own scans, ensembles, ONNX export.
 
-- :func:`busseg.inference.predict.predict` — masks at original size, overlays and one row of
+- :mod:`busseg.inference.predict` — ``predict()``: masks at original size, overlays and one row of
   measurements per image for a file, folder or list of scans (``busseg predict``);
-  :func:`~busseg.inference.predict.load_predictor` loads one model or a cv run's fold models.
-- :func:`busseg.inference.measurements.lesion_measurements` — area, bounding box, maximum
+  ``load_predictor()`` loads one model or a cv run's fold models (an ensemble).
+- :mod:`busseg.inference.measurements` — ``lesion_measurements()``: area, bounding box, maximum
   diameter, orientation and circularity of a mask.
-- :func:`busseg.inference.export.export_onnx` — ONNX export checked against PyTorch
-  (``busseg export``); :class:`busseg.inference.onnx_runner.OnnxModel` runs it with onnxruntime.
+- :mod:`busseg.inference.export` — ``export_onnx()``: ONNX export checked against PyTorch
+  (``busseg export``); :mod:`busseg.inference.onnx_runner` runs it with onnxruntime.
+
+(The functions are not re-exported here: ``predict`` and ``export`` would shadow their modules.)
 """
 
-from busseg.inference.export import export, export_onnx
-from busseg.inference.measurements import lesion_measurements
-from busseg.inference.onnx_runner import OnnxModel, load_onnx_model
-from busseg.inference.predict import collect_inputs, load_predictor, predict
-
-__all__ = [
-    "OnnxModel",
-    "collect_inputs",
-    "export",
-    "export_onnx",
-    "lesion_measurements",
-    "load_onnx_model",
-    "load_predictor",
-    "predict",
-]
+__all__ = ["export", "measurements", "onnx_runner", "predict"]
