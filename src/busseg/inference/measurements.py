@@ -75,7 +75,8 @@ TALLER_THAN_WIDE = "taller-than-wide"
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
 
 
-def _check_spacing(spacing_mm) -> tuple[float, float] | None:
+def check_spacing(spacing_mm) -> tuple[float, float] | None:
+    """``(row, col)`` spacing in mm as two positive floats, or None; DataError otherwise."""
     if spacing_mm is None:
         return None
     try:
@@ -156,7 +157,7 @@ def lesion_measurements(mask: np.ndarray, spacing_mm: tuple[float, float] | None
     if mask.ndim != 2:
         raise DataError(f"measurements: expected a 2-D mask [H, W], got shape {mask.shape}")
     mask = mask.astype(bool)
-    spacing = _check_spacing(spacing_mm)
+    spacing = check_spacing(spacing_mm)
     out: dict[str, Any] = dict.fromkeys(MEASUREMENT_KEYS)
     area_px = int(mask.sum())
     out.update(lesion_found=area_px > 0, area_px=area_px,
@@ -188,6 +189,7 @@ __all__ = [
     "MEASUREMENT_KEYS",
     "TALLER_THAN_WIDE",
     "WIDER_THAN_TALL",
+    "check_spacing",
     "circularity",
     "largest_component",
     "lesion_measurements",

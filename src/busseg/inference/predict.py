@@ -46,6 +46,7 @@ flat on large folders.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import time
@@ -64,7 +65,7 @@ from busseg.data.preprocess import normalize, resize_image
 from busseg.engine.evaluate import find_fold_checkpoints, load_checkpoint, predict_probabilities, write_rows_csv
 from busseg.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from busseg.errors import CheckpointError, ConfigError, DataError
-from busseg.inference.measurements import lesion_measurements
+from busseg.inference.measurements import check_spacing, lesion_measurements
 from busseg.postprocess import PostprocessConfig, postprocess_mask
 from busseg.viz.overlay import overlay_prediction
 
@@ -378,8 +379,6 @@ def _finish(decoded: _Decoded, prob: np.ndarray | None, p_malignant: float | Non
 
 
 def _load_row(layout: _Layout, item: InputImage) -> dict | None:
-    import json
-
     path = layout.row(item)
     if not path.is_file():
         return None
@@ -438,8 +437,6 @@ def _settings(predictor: Predictor, tta: bool, config: PostprocessConfig, pixel_
 
 
 def _check_restart(out: Path, settings: dict, overwrite: bool) -> None:
-    import json
-
     path = out / SETTINGS_FILE
     if path.is_file() and not overwrite:
         try:
@@ -493,16 +490,13 @@ def predict(
     """
     if int(batch_size) < 1 or int(workers) < 1:
         raise ConfigError(f"batch_size ({batch_size}) and workers ({workers}) must be >= 1")
-    if pixel_spacing is not None:
-        from busseg.inference.measurements import _check_spacing
-
-        pixel_spacing = _check_spacing(pixel_spacing)
+    pixel_spacing = check_spacing(pixel_spacing)
     out = Path(out_dir)
     predictor = models if isinstance(models, Predictor) else load_predictor(
         models, onnx=onnx, fold=fold, device=device)
     recipe = predictor.recipe
     config = resolve_postprocess(postprocess, recipe)
-    segments, classifies = predictor.outputs
+    segments = predictor.outputs[0]
     layout = _Layout(out, overlays and segments, save_probabilities and segments)
     items, failures = collect_inputs(inputs, exclude=out)
     for problem in failures:
