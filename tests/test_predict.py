@@ -299,6 +299,10 @@ def test_collect_inputs_list_file_and_name_collisions(tmp_path):
     images, problems = collect_inputs(tmp_path / "list.txt")
     assert [(i.id, i.name) for i in images] == [("x.png", "x_png"), ("x.jpg", "x_jpg")]
     assert problems[0]["file"].endswith("missing.png") and "not found" in problems[0]["problem"]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "outside.txt").write_text(f"{tmp_path / 'y.png'}\n../x.png\n")
+    images, problems = collect_inputs(tmp_path / "lists" / "outside.txt")
+    assert [i.id for i in images] == ["y.png", "x.png"] and not problems
     images, _ = collect_inputs([tmp_path / "y.png"])
     assert [(i.id, i.name) for i in images] == [("y.png", "y")]
     with pytest.raises(ConfigError, match="no image to predict"):

@@ -170,8 +170,10 @@ def collect_inputs(
             for entry in _read_list_file(source):
                 if not entry.is_file():
                     problem(entry, f"listed in {source} but not found")
-                else:
-                    add_file(entry.resolve(), source.parent.resolve())
+                else:  # named relative to the list's folder when inside it
+                    entry = entry.resolve()
+                    list_dir = source.parent.resolve()
+                    add_file(entry, list_dir if _within(entry, list_dir) else entry.parent)
         else:
             add_file(source.resolve(), source.resolve().parent)
 
