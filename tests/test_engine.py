@@ -223,7 +223,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "busseg", "train", "--model", "unet", "--image-size", "32", "--epochs", "1",
-         "--batch-size", "4", "--set", "model_options={}", "--n-phantoms", "16", "--accelerator", "cpu",
+         "--batch-size", "4", "--set", "model_options.base_channels=8", "--n-phantoms", "16", "--accelerator", "cpu",
          "--devices", "2", "--strategy", "ddp", "--no-progress", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "BUSSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

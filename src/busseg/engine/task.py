@@ -24,13 +24,20 @@ def build_model_from_recipe(recipe: dict, encoder_weights: str | None = None) ->
     )
 
 
-def per_image_dice(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Hard Dice per image; both masks empty counts as 1 (busseg's empty-mask policy)."""
+def per_image_dice_iou(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard Dice and IoU per image; both masks empty count as 1 (busseg's empty-mask policy,
+    as :mod:`busseg.metrics.segmentation`)."""
     pred = (torch.sigmoid(logits.float()) > threshold).flatten(1).float()
     tgt = (target > 0.5).flatten(1).float()
     inter = (pred * tgt).sum(1)
-    denom = pred.sum(1) + tgt.sum(1)
-    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-9), torch.ones_like(denom))
+    total = pred.sum(1) + tgt.sum(1)
+    union = total - inter
+    ones = torch.ones_like(total)
+    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1e-9), ones)
+    iou = torch.where(union > 0, inter / union.clamp_min(1e-9), ones)
+    return dice, iou
 
 
 class SegmentationTask(L.LightningModule):
@@ -69,13 +76,21 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         out = self.model(batch["image"])
         loss, parts = self.objective(out, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {self.current_epoch}")
         bs = batch["image"].shape[0]
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for name, value in parts.items():
             self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Checked once per epoch, not per step: reading a GPU scalar every step would stall
+        # the device queue.
+        loss = self.trainer.callback_metrics.get("train_loss")
+        if loss is not None and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} in epoch {self.current_epoch}; lower the learning "
+                "rate or check the data"
+            )
 
     def validation_step(self, batch, batch_idx: int):
         out = self.model(batch["image"])
@@ -83,7 +98,9 @@ class SegmentationTask(L.LightningModule):
         bs = batch["image"].shape[0]
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         if out.seg is not None:
-            self._val.setdefault("dice", []).append(per_image_dice(out.seg, batch["mask"]))
+            dice, iou = per_image_dice_iou(out.seg, batch["mask"])
+            self._val.setdefault("dice", []).append(dice)
+            self._val.setdefault("iou", []).append(iou)
         if out.cls is not None:
             known = batch["label"] >= 0
             if known.any():
@@ -91,7 +108,7 @@ class SegmentationTask(L.LightningModule):
                 self._val.setdefault("acc", []).append(correct)
 
     def on_validation_epoch_end(self) -> None:
-        for key, name in (("dice", "val_dice"), ("acc", "val_acc")):
+        for key, name in (("dice", "val_dice"), ("iou", "val_iou"), ("acc", "val_acc")):
             values = self._val.get(key)
             if values:
                 v = torch.cat(values)

@@ -48,6 +48,8 @@ from busseg.models.weights import collect_weights_info
 log = logging.getLogger("busseg")
 # Augmentation lives in the LightningModule on purpose (it runs on the device, after transfer).
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -143,7 +145,7 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
         return load_split(split, prepared.records)
     from busseg.data.audit import audit_dataset
 
-    groups = audit_dataset(prepared.records).group_map()
+    groups = audit_dataset(prepared.records, read_masks=False).group_map()
     new = make_split(prepared.records, k=recipe["cv_folds"], seed=recipe["seed"],
                      val_fraction=recipe["validation"]["fraction"], groups=groups)
     new["dataset"] = dataset
@@ -251,6 +253,8 @@ def train_fold(
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
                                        patience=int(es.get("patience", 10))))
     on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if on_gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmuls left under AMP
     trainer = L.Trainer(
         max_epochs=recipe["epochs"],
         accelerator=accelerator,
