@@ -34,7 +34,7 @@ _WARNED: set[str] = set()
 _NETWORK_OK: dict[str, bool] = {}
 
 
-def _host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
+def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
     if host not in _NETWORK_OK:
         try:
             with socket.create_connection((host, port), timeout=timeout):
@@ -50,7 +50,7 @@ def offline() -> bool:
     ) not in ("", "0")
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         log.warning(message)
@@ -93,7 +93,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _attach(module: nn.Module, requested: str, used: str, detail: str = "") -> nn.Module:
+def attach_weights_info(module: nn.Module, requested: str, used: str, detail: str = "") -> nn.Module:
     module.busseg_weights_info = {"requested": requested, "used": used, "detail": detail}  # type: ignore[attr-defined]
     return module
 
@@ -119,23 +119,23 @@ def timm_encoder(
     if out_indices is not None:
         common["out_indices"] = out_indices
     if spec == "none":
-        return _attach(timm.create_model(name, pretrained=False, **common), spec, "random")
+        return attach_weights_info(timm.create_model(name, pretrained=False, **common), spec, "random")
     if spec == "imagenet":
-        if not offline() and _host_reachable("huggingface.co"):
+        if not offline() and host_reachable("huggingface.co"):
             try:
                 model = timm.create_model(name, pretrained=True, **common)
-                return _attach(model, spec, "imagenet", f"timm:{name}")
+                return attach_weights_info(model, spec, "imagenet", f"timm:{name}")
             except Exception as exc:  # hub error: fall through to random init
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
         else:
             reason = "no network (or BUSSEG_OFFLINE set) and no cached weights"
-        _warn_once(
+        warn_once(
             f"timm:{name}",
             f"ImageNet weights for encoder {name!r} are not available ({reason}); "
             "training it from random initialisation. Pass --encoder-weights FILE to use a "
             "local copy.",
         )
-        return _attach(
+        return attach_weights_info(
             timm.create_model(name, pretrained=False, **common), spec, "random", reason
         )
     # local file: let timm load it (it adapts in_chans and drops the classifier)
@@ -147,7 +147,7 @@ def timm_encoder(
         raise ConfigError(
             f"weights file {spec}: does not fit timm encoder {name!r} ({str(exc)[:300]})"
         ) from exc
-    return _attach(model, spec, "file", f"{spec} sha256:{_file_digest(spec)}")
+    return attach_weights_info(model, spec, "file", f"{spec} sha256:{_file_digest(spec)}")
 
 
 def torchvision_backbone(
@@ -163,21 +163,21 @@ def torchvision_backbone(
     """
     spec = validate_weights_spec(weights)
     if spec == "none":
-        return _attach(builder(weights=None), spec, "random")
+        return attach_weights_info(builder(weights=None), spec, "random")
     if spec == "imagenet":
         reason = "no network (or BUSSEG_OFFLINE set) and no cached weights"
         cached = Path(torch.hub.get_dir(), "checkpoints", Path(imagenet_weights.url).name)
-        if cached.is_file() or (not offline() and _host_reachable("download.pytorch.org")):
+        if cached.is_file() or (not offline() and host_reachable("download.pytorch.org")):
             try:
-                return _attach(builder(weights=imagenet_weights), spec, "imagenet", f"torchvision:{label}")
+                return attach_weights_info(builder(weights=imagenet_weights), spec, "imagenet", f"torchvision:{label}")
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-        _warn_once(
+        warn_once(
             f"tv:{label}",
             f"ImageNet weights for {label!r} are not available ({reason}); using random "
             "initialisation. Pass a local weights file to use a copy.",
         )
-        return _attach(builder(weights=None), spec, "random", reason)
+        return attach_weights_info(builder(weights=None), spec, "random", reason)
     model = builder(weights=None)
     sd = load_state_dict_file(spec)
     result = model.load_state_dict(sd, strict=False)
@@ -187,7 +187,7 @@ def torchvision_backbone(
             f"weights file {spec}: does not fit {label} (missing {missing[:5]}, "
             f"unexpected {list(result.unexpected_keys)[:5]})"
         )
-    return _attach(model, spec, "file", f"{spec} sha256:{_file_digest(spec)}")
+    return attach_weights_info(model, spec, "file", f"{spec} sha256:{_file_digest(spec)}")
 
 
 def collect_weights_info(model: nn.Module) -> dict[str, dict]:

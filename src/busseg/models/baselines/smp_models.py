@@ -50,9 +50,9 @@ from busseg.models.baselines._common import (
 from busseg.models.output import ModelOutput
 from busseg.models.registry import register_model
 from busseg.models.weights import (
-    _attach,
-    _host_reachable,
-    _warn_once,
+    attach_weights_info,
+    host_reachable,
+    warn_once,
     offline,
     validate_weights_spec,
 )
@@ -136,14 +136,14 @@ def build_smp_model(
 
     if spec == "none":
         net = construct(None)
-        _attach(net.encoder, spec, "random")
+        attach_weights_info(net.encoder, spec, "random")
     elif spec == "imagenet":
         net = None
         reason = "no network (or BUSSEG_OFFLINE set) and no cached weights"
-        if not offline() and _host_reachable(SMP_WEIGHTS_HOST):
+        if not offline() and host_reachable(SMP_WEIGHTS_HOST):
             try:
                 net = construct("imagenet")
-                _attach(net.encoder, spec, "imagenet", f"smp:{encoder}")
+                attach_weights_info(net.encoder, spec, "imagenet", f"smp:{encoder}")
             except ConfigError:
                 raise
             except Exception as exc:  # hub error: fall back to random init below
@@ -151,17 +151,17 @@ def build_smp_model(
                 net = None
         if net is None:
             net = construct(None)  # a wrong encoder name fails here, before any warning
-            _warn_once(
+            warn_once(
                 f"smp:{encoder}",
                 f"ImageNet weights for encoder {encoder!r} ({name}) are not available "
                 f"({reason}); training it from random initialisation. Pass "
                 "--encoder-weights FILE to use a local copy.",
             )
-            _attach(net.encoder, spec, "random", reason)
+            attach_weights_info(net.encoder, spec, "random", reason)
     else:
         net = construct(None)
         detail = load_encoder_weights_file(net.encoder, spec, label)
-        _attach(net.encoder, spec, "file", detail)
+        attach_weights_info(net.encoder, spec, "file", detail)
     return SmpBaseline(net, name, size_divisor)
 
 
