@@ -33,8 +33,8 @@ def otsu_baseline_masks(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 120, image_size: int = 128,
-             epochs: int = 12, model: str = "unet", progress: bool = True) -> dict:
+def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 100, image_size: int = 96,
+             epochs: int = 10, model: str = "unet", progress: bool = True) -> dict:
     from busseg.data import load_records
     from busseg.data.audit import audit_dataset
     from busseg.data.preprocess import prepare

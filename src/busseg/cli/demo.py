@@ -9,9 +9,9 @@ def register(sub) -> None:
                                    "small U-Net on CPU, evaluate it on held-out phantoms and compare "
                                    "with a non-learned threshold baseline.")
     p.add_argument("--out", default="busseg_output/demo", help="output directory")
-    p.add_argument("--n", type=int, default=120, help="number of phantom images")
-    p.add_argument("--image-size", type=int, default=128, help="image size")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs")
+    p.add_argument("--n", type=int, default=100, help="number of phantom images")
+    p.add_argument("--image-size", type=int, default=96, help="image size (divisible by 16)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
