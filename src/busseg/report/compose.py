@@ -94,14 +94,21 @@ def _qualitative_grid(bench: BenchmarkResults, dataset: str, models: dict[str, M
     shape = display.images.shape[1:]
     rows = [{"image": display.images[i], "target": display.masks[i].astype(bool), "name": f"{tag}: {sample_id}",
              "captions": {}} for i, (sample_id, tag) in enumerate(cases)]
+    shown = []
     for name, res in models.items():
-        prepared = prepared_for(res.recipe)
         per_image = res.per_image.set_index("id")
         by_fold: dict[int, list[int]] = defaultdict(list)
         for i, sample_id in enumerate(ids):
             by_fold[int(per_image.loc[sample_id, "fold"])].append(i)
+        checkpoints = {fold: res.fold_dir(fold) / res.fold_results[fold]["best_checkpoint"] for fold in by_fold}
+        missing = [str(c) for c in checkpoints.values() if not c.is_file()]
+        if missing:  # results copied without their checkpoints: numbers stay, pictures cannot
+            log.warning("qualitative grid: %s left out (checkpoint not found: %s)", name, missing[0])
+            continue
+        shown.append(name)
+        prepared = prepared_for(res.recipe)
         for fold, rows_of_fold in by_fold.items():
-            ckpt = res.fold_dir(fold) / res.fold_results[fold]["best_checkpoint"]
+            ckpt = checkpoints[fold]
             model, recipe = load_checkpoint(ckpt, name, device="cpu")
             tensors = InMemoryTensors(prepared.subset([ids[i] for i in rows_of_fold]), recipe["normalization"],
                                       recipe["in_channels"])
@@ -113,7 +120,9 @@ def _qualitative_grid(bench: BenchmarkResults, dataset: str, models: dict[str, M
                     pred = resize(pred, shape, order=0, preserve_range=True, anti_aliasing=False).astype(bool)
                 rows[i][name] = pred
                 rows[i]["captions"][name] = f"Dice {float(per_image.loc[ids[i], 'dice']) * 100:.1f}"
-    return save_overlay_grid(path, rows, ["image", "target", *models],
+    if not shown:
+        return None
+    return save_overlay_grid(path, rows, ["image", "target", *shown],
                              title=f"{dataset}: best / median / worst test images by mean Dice over models"
                              if cases[0][1] != "chosen" else f"{dataset}: chosen test images")
 
@@ -201,6 +210,8 @@ def _dataset_section(doc: Document, bench: BenchmarkResults, dataset: str, model
         try:
             picked = pick_cases(aligned, cases)
             grid = _qualitative_grid(bench, dataset, models, picked, figures / f"{dataset}_qualitative.png")
+            if grid is None:
+                raise BussegError("no model's checkpoints are in the results folder")
             doc.figure(grid, "Qualitative comparison: true positive green, false positive red, false negative blue; "
                              "each prediction from the fold model that had the image in its test fold; captions give "
                              "the recorded per-image Dice.")
