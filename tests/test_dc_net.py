@@ -370,3 +370,19 @@ def test_bounding_box_target():
         "saliency_fg": 30 * (2 * box - 1), "saliency_bg": -30 * (2 * box - 1)})
     _, parts = objective(out, {"mask": mask, "label": torch.tensor([0, 0])})
     assert parts["saliency_fg"] < 1e-6 and parts["saliency_bg"] < 1e-6
+
+
+def test_dc_net_exports_to_onnx(tmp_path):
+    """DCP's neighbourhood sum must survive ONNX export (``divisor_override`` does not)."""
+    from busseg.engine.recipe import apply_overrides, load_recipe
+    from busseg.inference.export import export_onnx
+    from busseg.models import create_model
+
+    recipe = apply_overrides(load_recipe("dc_net"), [
+        "image_size=32", "model_options.widths=[4,4,8,8,8]",
+        "model_options.decomposition_widths=[[4,4],[4,8],[8,8],[8,4],[4,4]]"])
+    torch.manual_seed(0)
+    model = create_model("dc_net", in_channels=1, **recipe["model_options"])
+    result = export_onnx(model, recipe, tmp_path / "dc_net.onnx", check_batch_sizes=(1, 2))
+    assert (tmp_path / "dc_net.onnx").is_file()
+    assert max(result.max_abs_diff.values()) < 1e-3

@@ -212,18 +212,7 @@ def _build_split(
         test = sorted(m for g in test_groups for m in group_members[g])
         val = sorted(m for g in val_groups for m in group_members[g])
         train = sorted(m for g in pool if g not in val_groups for m in group_members[g])
-        folds.append(
-            {
-                "fold": f,
-                "train": train,
-                "val": val,
-                "test": test,
-                "counts": {
-                    part: dict(sorted(Counter(labels[i] for i in ids).items()))
-                    for part, ids in (("train", train), ("val", val), ("test", test))
-                },
-            }
-        )
+        folds.append(_fold_entry(f, train, val, test, labels))
     if dataset is None:
         dataset = ", ".join(sorted({r.source for r in records}))
     return {
@@ -242,6 +231,20 @@ def _build_split(
         "folds": folds,
     }
 
+
+
+def _fold_entry(fold: int, train: list, val: list, test: list, labels) -> dict:
+    """One fold of a split file, with its per-part class counts (for checking stratification)."""
+    return {
+        "fold": fold,
+        "train": train,
+        "val": val,
+        "test": test,
+        "counts": {
+            part: dict(sorted(Counter(labels[i] for i in ids).items()))
+            for part, ids in (("train", train), ("val", val), ("test", test))
+        },
+    }
 
 def make_split(
     records: Sequence[SampleRecord],
@@ -438,18 +441,7 @@ def import_busbra_folds(root: str | Path, k: int = 5, val_fraction: float = 0.1,
             val = sorted(i for i in pool_ids if records[i].group in chosen)
         val_set = set(val)
         train = sorted(i for i in pool_ids if i not in val_set)
-        folds.append(
-            {
-                "fold": f,
-                "train": train,
-                "val": val,
-                "test": test,
-                "counts": {
-                    part: dict(sorted(Counter(labels[i] for i in ids).items()))
-                    for part, ids in (("train", train), ("val", val), ("test", test))
-                },
-            }
-        )
+        folds.append(_fold_entry(f, train, val, test, labels))
     split = {
         "format": SPLIT_FORMAT,
         "dataset": "busbra",

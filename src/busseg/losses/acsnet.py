@@ -47,19 +47,13 @@ from busseg.errors import ConfigError
 from busseg.losses.registry import register_objective
 from busseg.models.layers import repeat_to_channels
 from busseg.models.output import ModelOutput
+from busseg.models.weights import warn_once
 
 log = logging.getLogger("busseg")
-_WARNED: set[str] = set()
 
 #: end (exclusive) of each LossNet block in ``torchvision.models.vgg16().features``:
 #: relu1_2 = 3, relu2_2 = 8, relu3_3 = 15, relu4_3 = 22.
 VGG16_BLOCK_ENDS = (4, 9, 16, 23)
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _WARNED:
-        _WARNED.add(key)
-        log.warning(message)
 
 
 def soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -163,7 +157,7 @@ class ACSNetObjective(nn.Module):
             if lossnet is not None and (lossnet.pretrained or allow_random_lossnet):
                 self.lossnet = lossnet
             else:
-                _warn_once(
+                warn_once(
                     "acsnet-lossnet",
                     f"loss 'acsnet': LossNet's VGG-16 has no pretrained weights "
                     f"(requested {lossnet_weights!r}); the LossNet term is switched off "

@@ -279,9 +279,11 @@ class DifferentiableContextPooling(nn.Module):
             kernel_windows = torch.softmax(kernel_windows, dim=1)
         if self.context > 0:
             k = 2 * self.context + 1
+            # Σ_{q ∈ N(p)} Δ̄_q, zero beyond the border: a zero-padded mean times the window
+            # size (``divisor_override=1`` says the same but is dropped by the ONNX exporter)
             kernel_windows = F.avg_pool2d(
-                kernel_windows, k, stride=1, padding=self.context, divisor_override=1
-            )  # Σ_{q ∈ N(p)} Δ̄_q, zero beyond the border
+                kernel_windows, k, stride=1, padding=self.context, count_include_pad=True
+            ) * (k * k)
         feature_windows = F.pixel_unshuffle(z, r).view(b, c, r * r, gh, gw)  # Z̄^k
         pooled = (feature_windows * kernel_windows.unsqueeze(1)).sum(dim=2)
         smooth = (gh * gw) / (band_sum(gh, self.context) * band_sum(gw, self.context))

@@ -293,15 +293,3 @@ def postprocess_batch(
         np.zeros(array.shape, bool)
     )
 
-
-__all__ = [
-    "PAPER_DEFAULT",
-    "PostprocessConfig",
-    "binarize",
-    "fill_mask_holes",
-    "keep_largest_components",
-    "postprocess_batch",
-    "postprocess_mask",
-    "remove_small_components",
-    "smooth_boundary",
-]
