@@ -11,7 +11,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="busseg_output/demo", help="output directory")
     p.add_argument("--n", type=int, default=100, help="number of phantom images")
     p.add_argument("--image-size", type=int, default=96, help="image size (divisible by 16)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
