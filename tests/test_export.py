@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -204,3 +205,95 @@ def test_onnx_files_without_busseg_metadata_are_refused(tmp_path, exported_folds
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         OnnxModel(tmp_path / "junk.onnx")
+
+
+# ------------------------------------------------------------------------------- INT8
+
+
+@pytest.fixture(scope="module")
+def quantized_folds(cv_run, scans, tmp_path_factory):
+    """Both fold models exported to a folder with INT8 twins calibrated on the scans."""
+    out = tmp_path_factory.mktemp("onnx_int8")
+    results = export(cv_run, out, exporter="torchscript", quantize="int8", calibration=scans)
+    return out, results
+
+
+def test_int8_twins_are_checked_by_mask_agreement_and_kept_apart(cv_run, quantized_folds):
+    out, results = quantized_folds
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["fold_0.onnx", "fold_1.onnx"]
+    assert sorted(p.name for p in (out / "int8").glob("*.onnx")) == ["fold_0.onnx", "fold_1.onnx"]
+    for result in results:
+        q = result.quantization
+        assert q.path == out / "int8" / result.path.name and q.fold == result.fold
+        assert q.n_calibration == 3 and q.calibration.endswith("scans0")
+        assert 0.98 <= q.mean_dice <= 1.0 and q.min_dice <= q.mean_dice and q.class_agreement is not None
+        assert "mean Dice" in result.describe() and "INT8 logits differ from fp32 by design" in result.describe()
+    model = OnnxModel(out / "int8" / "fold_0.onnx")
+    assert model.precision == "int8" and OnnxModel(out / "fold_0.onnx").precision == "fp32"
+    assert model.quantization["mask_dice_mean"] == pytest.approx(results[0].quantization.mean_dice)
+    assert model.recipe == OnnxModel(out / "fold_0.onnx").recipe
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(model.path)).graph.node)
+    # the fp32 folder is still an ensemble of the two fp32 models only
+    assert [m.precision for m in load_predictor(out, onnx=True).models] == ["fp32", "fp32"]
+    int8 = load_predictor(out / "int8", onnx=True)
+    assert "onnx int8" in int8.describe()
+    x = random_inputs(int8.recipe, batch=4, seed=5)
+    seg_q, cls_q = predict_probabilities(int8.models, x)
+    seg_t, cls_t = predict_probabilities(load_predictor(cv_run).models, x)
+    assert np.abs(seg_q - seg_t).max() < 0.1 and np.abs(cls_q - cls_t).max() < 0.1
+
+
+def test_predict_with_int8_file_agrees_with_pytorch_masks(cv_run, quantized_folds, scans, tmp_path, capsys):
+    out, _ = quantized_folds
+    assert cli_main(["predict", "--onnx", str(out / "int8" / "fold_0.onnx"), str(scans),
+                     "--out", str(tmp_path / "int8"), "--no-progress"]) == 0
+    assert "export_tiny_mt, onnx int8 on cpu" in capsys.readouterr().out
+    predict(cv_run, scans, tmp_path / "torch", fold=0, progress=False)
+    for name in ("scan0", "scan1", "scan2"):
+        mq = np.asarray(Image.open(tmp_path / "int8" / "masks" / f"{name}.png")) > 0
+        mt = np.asarray(Image.open(tmp_path / "torch" / "masks" / f"{name}.png")) > 0
+        assert 2 * (mq & mt).sum() / max(mq.sum() + mt.sum(), 1) > 0.95
+
+
+def test_int8_that_changes_the_masks_is_refused(exported_folds, tmp_path):
+    from busseg.inference.quantize import quantize_onnx
+
+    fp32 = OnnxModel(exported_folds[0] / "fold_0.onnx")
+
+    def inverted(images):  # a "reference" whose masks are the complement: Dice near 0
+        out = fp32(torch.from_numpy(images))
+        return {"seg_logits": -out.seg.numpy(), "cls_logits": out.cls.numpy()}
+
+    target = tmp_path / "bad.int8.onnx"
+    with pytest.raises(ExportError, match=r"mean Dice 0\.\d+ .* below the required 0.98; .* not written"):
+        quantize_onnx(fp32.path, target, fp32.recipe, inverted, calibration_count=2, check_count=2)
+    assert not target.exists()
+
+
+def test_mask_agreement_and_calibration_sources(scans):
+    from busseg.inference.quantize import calibration_inputs, mask_agreement, quantized_path
+
+    ref = {"seg_logits": np.array([[[-1.0, 2.0], [3.0, -4.0]], [[-1.0, -1.0], [-1.0, -1.0]]])}
+    got = {"seg_logits": np.array([[[1.0, 2.0], [3.0, -4.0]], [[-2.0, -2.0], [-2.0, -2.0]]])}
+    agreement = mask_agreement(ref, got)
+    assert agreement["dice"] == pytest.approx([0.8, 1.0])  # two empty masks agree
+    assert agreement["class_agreement"] is None
+    recipe = validate_recipe({"model": "export_tiny", "image_size": SIZE, "in_channels": 3}, "test")
+    images, name = calibration_inputs(scans, recipe, count=2)
+    assert images.shape == (2, 3, SIZE, SIZE) and images.dtype == np.float32 and name == str(scans)
+    phantoms, name = calibration_inputs("phantoms", recipe, count=3)
+    assert phantoms.shape == (3, 3, SIZE, SIZE) and name == "phantoms" and 0 <= phantoms.min() < phantoms.max() <= 1
+    assert quantized_path("a/m.onnx", out_is_file=True).name == "m.int8.onnx"
+    assert quantized_path("a/fold_1.onnx", out_is_file=False).as_posix() == "a/int8/fold_1.onnx"
+
+
+def test_cli_export_quantize_states_the_mask_agreement(tmp_path, capsys):
+    target = tmp_path / "tiny.onnx"
+    save_checkpoint(tmp_path / "run" / "best.ckpt", "export_tiny")
+    assert cli_main(["export", str(tmp_path / "run" / "best.ckpt"), "--out", str(target), "--exporter",
+                     "torchscript", "--quantize", "int8", "--calibration", "phantoms",
+                     "--calibration-count", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "quantized to INT8 (calibrated on 4 images: phantoms)" in printed
+    assert "Mask agreement with PyTorch fp32 on 8 phantom images" in printed
+    assert target.is_file() and (tmp_path / "tiny.int8.onnx").is_file()

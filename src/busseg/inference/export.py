@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from busseg.inference.onnx_runner import (
     ONNX_FORMAT,
     SEG_OUTPUT,
 )
+
+if TYPE_CHECKING:
+    from busseg.inference.quantize import QuantizationResult
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +89,15 @@ class ExportResult:
     checked_batch_sizes: list[int]
     fold: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: the INT8 twin written with ``quantize="int8"`` (:mod:`busseg.inference.quantize`).
+    quantization: "QuantizationResult | None" = None
 
     def describe(self) -> str:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs_diff.items())
         fold = f" (fold {self.fold})" if self.fold is not None else ""
-        return (f"{self.path}: {self.model}{fold}, exporter {self.exporter}, outputs {', '.join(self.outputs)}; "
+        text = (f"{self.path}: {self.model}{fold}, exporter {self.exporter}, outputs {', '.join(self.outputs)}; "
                 f"max |onnxruntime - PyTorch| at batch {self.checked_batch_sizes}: {diffs}")
+        return text + (f"\n{self.quantization.describe()}" if self.quantization else "")
 
 
 def random_inputs(recipe: dict, batch: int, seed: int = 0) -> torch.Tensor:
@@ -244,6 +250,20 @@ def export_onnx(
                         max_abs_diff=diffs, checked_batch_sizes=list(check_batch_sizes), notes=notes)
 
 
+def pytorch_reference(model: nn.Module):
+    """``images [N,C,S,S] (NumPy) -> {output name: logits}`` of a PyTorch model, the reference a
+    quantized graph is checked against."""
+    model = model.eval()
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
+        values = {SEG_OUTPUT: out.seg, CLS_OUTPUT: out.cls}
+        return {k: v.float().numpy() for k, v in values.items() if v is not None}
+
+    return run
+
+
 def models_to_export(
     source: str | Path,
     *,
@@ -288,12 +308,25 @@ def export(
     fold: int | None = None,
     overrides: Sequence[str] = (),
     encoder_weights: str = "none",
+    quantize: str | None = None,
+    calibration: str | Path = "phantoms",
+    calibration_count: int = 16,
+    min_dice: float = 0.98,
     **options,
 ) -> list[ExportResult]:
     """Export what ``source`` names (see :func:`models_to_export`) to ``out``: a file for one
     model; for several fold models, ``out`` is a folder receiving ``fold_<k>.onnx`` each
     (``busseg predict --onnx`` on that folder ensembles them). ``options`` go to
-    :func:`export_onnx`."""
+    :func:`export_onnx`.
+
+    ``quantize="int8"`` also writes an INT8 twin of every exported file (``model.int8.onnx``
+    next to a file, ``<out>/int8/fold_<k>.onnx`` in a folder), calibrated on ``calibration``
+    (``"phantoms"`` or a folder of scans) and refused unless its masks agree with PyTorch's
+    with a mean Dice of at least ``min_dice`` (:func:`busseg.inference.quantize.quantize_onnx`)."""
+    from busseg.inference.quantize import QUANTIZATIONS, quantize_onnx, quantized_path
+
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantization {quantize!r} unknown; choose one of {', '.join(QUANTIZATIONS)}")
     models = models_to_export(source, fold=fold, overrides=overrides, encoder_weights=encoder_weights)
     out = Path(out)
     results = []
@@ -306,9 +339,14 @@ def export(
             target = out / f"fold_{k}.onnx"
         result = export_onnx(model, recipe, target, **options)
         result.fold = k
+        if quantize:
+            result.quantization = quantize_onnx(
+                target, quantized_path(target, out.suffix == ".onnx"), recipe, pytorch_reference(model),
+                calibration=calibration, calibration_count=calibration_count, min_dice=min_dice)
+            result.quantization.fold = k
         results.append(result)
     return results
 
 
 __all__ = ["EXPORTERS", "ExportError", "ExportResult", "OnnxExportWrapper", "export", "export_onnx",
-           "models_to_export", "random_inputs"]
+           "models_to_export", "pytorch_reference", "random_inputs"]

@@ -26,6 +26,8 @@ META_OUTPUTS = "busseg.outputs"
 META_FORMAT = "busseg.format"
 META_VERSION = "busseg.version"
 META_CHECK = "busseg.check_max_abs_diff"
+#: present in INT8 files: how they were quantized and how well their masks agree (JSON).
+META_QUANTIZATION = "busseg.quantization"
 #: bumped when the meaning of the exported inputs/outputs changes.
 ONNX_FORMAT = "busseg-onnx/1"
 SEG_OUTPUT = "seg_logits"
@@ -54,6 +56,11 @@ class OnnxModel:
         path: the ``.onnx`` file.
         device: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu).
         threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
+
+    Session: every graph optimisation (``ORT_ENABLE_ALL``: constant folding, Conv+BatchNorm
+    fusion, and on CPU the blocked NCHWc layout for fp32 / NHWC for INT8 convolutions),
+    sequential execution of the nodes (a U-Net is a chain: parallel branches would only take
+    cores from the convolutions) and one inter-op thread.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
@@ -63,6 +70,9 @@ class OnnxModel:
         if not self.path.is_file():
             raise CheckpointError(f"ONNX model {self.path} does not exist")
         options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
         if threads:
             options.intra_op_num_threads = int(threads)
         try:
@@ -84,6 +94,12 @@ class OnnxModel:
         self.recipe: dict = json.loads(meta[META_RECIPE])
         self.outputs: list[str] = json.loads(meta[META_OUTPUTS])
         self.input_name = self.session.get_inputs()[0].name
+        #: how the file was quantized (None: fp32), see :mod:`busseg.inference.quantize`.
+        self.quantization: dict | None = json.loads(meta[META_QUANTIZATION]) if META_QUANTIZATION in meta else None
+
+    @property
+    def precision(self) -> str:
+        return self.quantization["type"] if self.quantization else "fp32"
 
     def __call__(self, images: torch.Tensor) -> ModelOutput:
         x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
@@ -100,7 +116,8 @@ class OnnxModel:
         return self
 
     def __repr__(self) -> str:
-        return f"OnnxModel({str(self.path)!r}, model={self.recipe.get('model')!r}, outputs={self.outputs})"
+        return (f"OnnxModel({str(self.path)!r}, model={self.recipe.get('model')!r}, outputs={self.outputs}, "
+                f"precision={self.precision!r})")
 
 
 def load_onnx_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> tuple[OnnxModel, dict]:
@@ -112,6 +129,7 @@ def load_onnx_model(path: str | Path, device: str = "cpu", threads: int | None =
 __all__ = [
     "CLS_OUTPUT",
     "INPUT_NAME",
+    "META_QUANTIZATION",
     "META_RECIPE",
     "OnnxModel",
     "SEG_OUTPUT",
