@@ -218,14 +218,14 @@ def quantized_folds(cv_run, scans, tmp_path_factory):
     return out, results
 
 
-def test_int8_twins_are_checked_by_mask_agreement_and_kept_apart(cv_run, quantized_folds):
+def test_int8_twins_are_checked_by_mask_agreement_and_kept_apart(cv_run, quantized_folds, scans):
     out, results = quantized_folds
     assert sorted(p.name for p in out.glob("*.onnx")) == ["fold_0.onnx", "fold_1.onnx"]
     assert sorted(p.name for p in (out / "int8").glob("*.onnx")) == ["fold_0.onnx", "fold_1.onnx"]
     for result in results:
         q = result.quantization
         assert q.path == out / "int8" / result.path.name and q.fold == result.fold
-        assert q.n_calibration == 3 and q.calibration.endswith("scans0")
+        assert q.n_calibration == 3 and q.calibration == str(scans)
         assert 0.98 <= q.mean_dice <= 1.0 and q.min_dice <= q.mean_dice and q.class_agreement is not None
         assert "mean Dice" in result.describe() and "INT8 logits differ from fp32 by design" in result.describe()
     model = OnnxModel(out / "int8" / "fold_0.onnx")
