@@ -86,7 +86,7 @@ def plain_images_per_s(recipe, tensors, ids, steps, warmup, device, amp) -> floa
                 if device == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             if task.augmenter.enabled:
                 batch["image"], batch["mask"] = task.augmenter(batch["image"], batch["mask"])
             with torch.autocast(device, dtype=dtype, enabled=amp):

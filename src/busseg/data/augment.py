@@ -64,12 +64,12 @@ class BatchAugmenter:
             return image, mask
         b = image.shape[0]
 
-        def uniform(lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-            # drawn on the CPU generator, then moved: identical on every device
-            return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(image.device)
-
-        # draw every random number in a fixed order, whatever is enabled
-        u_h, u_v, u_r, u_sign, u_ang, u_s, u_b, u_c = (uniform() for _ in range(8))
+        # Every random number is drawn on the CPU generator in a fixed order, whatever is
+        # enabled (identical on every device), then moved in one non-blocking copy.
+        draws = torch.rand(8, b, generator=generator)
+        if image.is_cuda:
+            draws = draws.pin_memory().to(image.device, non_blocking=True)
+        u_h, u_v, u_r, u_sign, u_ang, u_s, u_b, u_c = draws.unbind(0)
         if self.geometric:
             sx = torch.where(u_h < self.hflip, -1.0, 1.0)
             sy = torch.where(u_v < self.vflip, -1.0, 1.0)

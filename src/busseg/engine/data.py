@@ -25,16 +25,26 @@ class InMemoryTensors:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def to(self, device: str | torch.device) -> "InMemoryTensors":
+        """Keep the whole (preprocessed, small) dataset on ``device``: batches are then gathered
+        there and never cross the bus during training."""
+        self.images = self.images.to(device)
+        self.masks = self.masks.to(device)
+        self.labels = self.labels.to(device)
+        return self
+
     def indices(self, ids) -> list[int]:
         return [self.index[i] for i in ids]
 
     def gather(self, idx: list[int]) -> dict:
-        t = torch.as_tensor(idx, dtype=torch.long)
+        t = torch.as_tensor(idx, dtype=torch.long, device=self.images.device)
         return {
             "image": self.images[t],
             "mask": self.masks[t],
             "label": self.labels[t],
             "index": t,
+            # a plain int (not moved to the device): seeds this batch's augmentation
+            "seed_key": int(idx[0]) if len(idx) else 0,
         }
 
 

@@ -68,7 +68,7 @@ class SegmentationTask(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training and self.augmenter.enabled:
             g = torch.Generator().manual_seed(
-                self.seed * 1_000_003 + self.current_epoch * 10_007 + int(batch["index"][0])
+                self.seed * 1_000_003 + self.current_epoch * 10_007 + int(batch["seed_key"])
             )
             batch["image"], batch["mask"] = self.augmenter(batch["image"], batch["mask"], g)
         return batch

@@ -255,6 +255,9 @@ def train_fold(
     on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     if on_gpu:
         torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmuls left under AMP
+        if devices in (1, "1"):
+            # single GPU: the preprocessed arrays (a few hundred MB at most) live on the device
+            tensors.to("cuda")
     trainer = L.Trainer(
         max_epochs=recipe["epochs"],
         accelerator=accelerator,
