@@ -231,3 +231,28 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["test"]["segmentation"]["n"] > 0
     assert "world_size" not in proc.stderr or "2" in proc.stderr
+
+
+def test_evaluate_writes_case_figures_with_attention(tmp_path):
+    """The papers' figure kind: original | ground truth | predicted | processed | attention."""
+    from PIL import Image
+
+    from busseg.engine.evaluate import _attention_map, pick_cases
+
+    recipe = apply_overrides(load_recipe("attention_unet_plus"), [
+        "image_size=64", "epochs=1", "batch_size=4", "cv_folds=2",
+        "model_options={base_channels: 4, depth: 3}"])
+    run = tmp_path / "att"
+    train_fold(recipe, run, data_options={"n": 16}, **QUIET)
+    result = evaluate_run(run, tmp_path / "eval", data_options={"n": 16}, figures=3,
+                          postprocess={"keep_largest": 1, "fill_holes": True})
+    pngs = sorted((tmp_path / "eval" / "fold_0" / "figures").glob("*.png"))
+    assert len(pngs) == 3 and result["segmentation_postprocessed"]
+    tags = {p.name.split("_")[0] for p in pngs}
+    assert {"best", "worst"} <= tags
+    width = Image.open(pngs[0]).size[0]
+    assert width > 4 * Image.open(pngs[0]).size[1] / 2, "expected a row of five panels"
+    rows = [{"id": f"i{k}", "dice": d} for k, d in enumerate([0.1, 0.9, 0.5, 0.7])]
+    assert pick_cases(rows, 3) == [("i1", "best"), ("i2", "median"), ("i0", "worst")]
+    att = {"attention_1": torch.rand(2, 1, 8, 8), "attention_2": torch.rand(2, 1, 4, 4)}
+    assert _attention_map(att, 1).shape == (8, 8)

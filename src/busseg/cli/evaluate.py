@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--postprocess", default=None,
                    help="post-processing as JSON (e.g. '{\"keep_largest\": 1, \"fill_holes\": true}') "
                         "or 'paper' for the documented preset; scores are reported with and without it")
+    p.add_argument("--figures", type=int, default=0, metavar="N",
+                   help="save N case figures per model (best to worst Dice): original, ground truth, "
+                        "predicted, post-processed and attention overlay")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 
@@ -49,7 +52,8 @@ def run(args) -> int:
 
     result = evaluate_run(args.run, args.out, dataset=args.dataset, root=args.root, data_options=data_options(args),
                           subset=args.subset, tta=args.tta, postprocess=parse_postprocess(args.postprocess),
-                          ensemble=args.ensemble, device=args.device, include_normal=args.include_normal)
+                          ensemble=args.ensemble, device=args.device, include_normal=args.include_normal,
+                          figures=args.figures)
     if "segmentation" in result:
         print(format_cv({**result, "folds": list(range(result["n_models"])), "n_images": "",
                          "aggregation": f"{result['subset']} images of {result['dataset']}, mean ± std across models"}))

@@ -245,6 +245,7 @@ def evaluate_run(
     ensemble: bool = False,
     device: str = "cpu",
     include_normal: bool | None = None,
+    figures: int = 0,
 ) -> dict:
     """Evaluate the fold model(s) of ``run`` on ``dataset``.
 
@@ -253,6 +254,9 @@ def evaluate_run(
     image (cross-dataset evaluation), reported as mean ± std across fold models, plus the
     ensemble (mean of probabilities) with ``ensemble``; ``"auto"`` picks ``test`` when the
     dataset is the one the run was trained on and ``all`` otherwise.
+
+    ``figures``: per model, this many case figures (best to worst Dice; original, ground
+    truth, predicted, post-processed, attention) under ``<out>/<fold>/figures``.
     """
     import json
 
@@ -285,6 +289,9 @@ def evaluate_run(
         rows, summary = evaluate_models([model], recipe, prepared.subset(ids), out_dir / tag, device=device,
                                         tta=tta, postprocess=postprocess,
                                         extra_columns={"fold": fold, "model": recipe["model"], "dataset": dataset})
+        if figures:
+            write_case_figures(model, recipe, prepared.subset(ids), rows, out_dir / tag / "figures", n=figures,
+                               postprocess=postprocess or recipe.get("postprocess"), device=device)
         per_model.append(summary)
         all_rows.extend(rows)
     result: dict = {"model": recipe["model"], "dataset": dataset, "trained_on": trained_on, "subset": subset,
@@ -307,3 +314,75 @@ def evaluate_run(
     write_rows_csv(all_rows, out_dir / "per_image.csv")
     atomic_write_json(out_dir / "summary.json", result)
     return result
+
+
+def pick_cases(rows: list[dict], n: int, metric: str = "dice") -> list[tuple[str, str]]:
+    """Up to ``n`` (id, tag) pairs spread from the best to the worst image by ``metric``
+    (best, median and worst first, then evenly between them)."""
+    scored = sorted((r for r in rows if r.get(metric) is not None), key=lambda r: (-float(r[metric]), r["id"]))
+    if not scored or n <= 0:
+        return []
+    m = len(scored)
+    order = [0, m // 2, m - 1] + [round(i * (m - 1) / max(1, n - 1)) for i in range(n)]
+    picked: list[tuple[str, str]] = []
+    for position in order:
+        sid = scored[position]["id"]
+        if sid not in [p for p, _ in picked]:
+            tag = {0: "best", m // 2: "median", m - 1: "worst"}.get(position, f"rank {position + 1}/{m}")
+            picked.append((sid, tag))
+        if len(picked) == n:
+            break
+    return picked
+
+
+def _attention_map(extras: dict, index: int) -> np.ndarray | None:
+    """The finest single-channel attention map a model exposes (e.g. the Attention U-Net
+    gates' ``attention_1``), as a ``[h, w]`` array in [0, 1], or ``None``."""
+    maps = [v for k, v in extras.items() if "attention" in k and v.dim() == 4 and v.shape[1] == 1]
+    if not maps:
+        return None
+    finest = max(maps, key=lambda t: t.shape[-1] * t.shape[-2])[index, 0].float()
+    if finest.min() < 0 or finest.max() > 1:
+        finest = torch.sigmoid(finest)
+    return finest.cpu().numpy()
+
+
+@torch.no_grad()
+def write_case_figures(
+    model: torch.nn.Module,
+    recipe: dict,
+    prepared: PreparedData,
+    rows: list[dict],
+    out_dir: str | Path,
+    *,
+    n: int = 6,
+    postprocess: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> list[Path]:
+    """Figures of the papers' kind for ``n`` images picked from best to worst Dice: original |
+    ground truth | predicted | post-processed | attention overlay (when the model exposes
+    attention coefficients), in the TP green / FP red / FN blue convention."""
+    from busseg.viz.figures import save_case_figure
+
+    cases = pick_cases(rows, n)
+    if not cases:
+        return []
+    pp_config = None
+    if postprocess:
+        from busseg.postprocess import PostprocessConfig, postprocess_mask
+
+        pp_config = PostprocessConfig.from_dict(postprocess)
+    subset = prepared.subset([sid for sid, _ in cases])
+    tensors = InMemoryTensors(subset, recipe["normalization"], recipe["in_channels"])
+    out = model.to(device).eval()(tensors.images.to(device))
+    if out.seg is None:
+        return []
+    prob = torch.sigmoid(out.seg.float())[:, 0].cpu().numpy()
+    written = []
+    for i, (sid, tag) in enumerate(cases):
+        processed = postprocess_mask(prob[i], pp_config) if pp_config is not None else None
+        written.append(save_case_figure(
+            Path(out_dir) / f"{tag.split()[0]}_{sid}.png".replace(" ", "_").replace("/", "-"),
+            subset.images[i], subset.masks[i].astype(bool), prob[i] > 0.5, processed,
+            _attention_map(out.extras, i), title=f"{recipe['model']} — {sid} ({tag})"))
+    return written
