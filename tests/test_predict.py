@@ -419,3 +419,19 @@ def test_fast_overlay_is_pixel_identical_to_the_viz_convention():
         got = mask_overlay(image, mask)
         assert got.dtype == np.uint8 and got.shape == (45, 61, 3)
         np.testing.assert_array_equal(got, expected)
+
+
+def test_png_writer_round_trips_exactly_through_pillow(tmp_path):
+    from busseg.inference.predict import png_bytes
+
+    g = np.random.default_rng(5)
+    for array in (g.integers(0, 256, (7, 5), dtype=np.uint8), g.integers(0, 256, (1, 9, 3), dtype=np.uint8),
+                  (disk(31, 40, 15, 20, 9) * 255).astype(np.uint8), np.full((3, 4, 3), 255, np.uint8)):
+        path = tmp_path / "x.png"
+        path.write_bytes(png_bytes(array))
+        with Image.open(path) as image:
+            image.load()
+            assert image.format == "PNG" and image.mode == ("L" if array.ndim == 2 else "RGB")
+            np.testing.assert_array_equal(np.asarray(image), array)
+    with pytest.raises(DataError, match="uint8"):
+        png_bytes(np.zeros((4, 4), np.float32))
