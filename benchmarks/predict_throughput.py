@@ -4,13 +4,18 @@ randomly initialised checkpoint (speed does not depend on the weights' values).
 
     python benchmarks/predict_throughput.py                        # ResNet-18 U-Net, 256², CPU
     python benchmarks/predict_throughput.py --threads 2 --n 96     # the 2-core target (>= 10 img/s)
-    python benchmarks/predict_throughput.py --device cuda --batch-size 32 --no-onnx
+    python benchmarks/predict_throughput.py --device cuda --batch-size 32 --backends pytorch
 
-Reports, for eager PyTorch and (unless --no-onnx) for the same model exported to ONNX and run by
-onnxruntime: end-to-end images/s (what `busseg predict` achieves, decoding and writing
-included) and model-only images/s (the forward passes alone, on the same batches), and the
-onnxruntime speed-up over eager PyTorch. Everything is measured; nothing is assumed. Timings
-on a machine shared with other jobs vary: run it on an idle machine, and repeat (--repeats).
+Reports, for each backend — eager PyTorch (``pytorch``), the model exported to ONNX and run by
+onnxruntime (``onnx-fp32``), and that ONNX model quantized to INT8 (``onnx-int8``, calibrated on
+phantoms, as ``busseg export --quantize int8``) — end-to-end images/s (what `busseg predict`
+achieves: decoding, the model, resizing back, measurements and writing every mask, overlay and
+row included) and model-only images/s (the forward passes alone, at the same batch size), and
+the speed-ups over eager PyTorch. With random weights the INT8 mask agreement is printed but
+means nothing for a trained model (speed does not depend on the weights' values). Everything
+is measured; nothing is assumed. Timings on a machine shared with other jobs vary: run it on
+an idle machine and repeat (--repeats): the median run is reported, every run is kept in the
+JSON.
 """
 
 from __future__ import annotations
@@ -91,7 +96,10 @@ def end_to_end_rate(predictor, scans: Path, out: Path, args) -> dict:
         if summary["n_failed"] or summary["n_predicted"] != args.n:
             raise RuntimeError(f"benchmark run did not predict every image: {summary['failures']}")
         rates.append(summary["images_per_s"])
-    return {"images_per_s": max(rates), "all_runs": rates}
+    return {"images_per_s": float(np.median(rates)), "all_runs": rates}
+
+
+BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8")
 
 
 def main(argv=None) -> int:
@@ -107,8 +115,10 @@ def main(argv=None) -> int:
                    help="CPU threads of PyTorch and onnxruntime (default: all cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tta", action="store_true")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per backend (best is reported)")
-    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per backend (the median is reported)")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+                   help=f"backends to measure (default: {' '.join(BACKENDS)})")
+    p.add_argument("--no-onnx", action="store_true", help="PyTorch only (same as --backends pytorch)")
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"))
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
@@ -130,42 +140,50 @@ def main(argv=None) -> int:
         "tta": args.tta, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
     }
+    backends = ["pytorch"] if args.no_onnx else args.backends
     n_batches = max(2, args.n // args.batch_size // 2)
     predictor = load_predictor(checkpoint, device=args.device)
-    results["pytorch"] = {
-        "model_only_images_per_s": model_only_rate(predictor, args.batch_size, n_batches, args.tta),
-        **end_to_end_rate(predictor, scans, work / "out_pytorch", args),
-    }
-    if not args.no_onnx:
+    predictors = {"pytorch": predictor} if "pytorch" in backends else {}
+    notes = []
+    if any(b.startswith("onnx") for b in backends):
         import onnxruntime
 
-        model, recipe = predictor.models[0], predictor.recipe
-        export = export_onnx(model, recipe, work / "model.onnx", exporter=args.exporter)
-        onnx_predictor = load_predictor(work / "model.onnx", onnx=True, device=args.device, onnx_threads=threads)
-        results["onnxruntime"] = {
-            "version": onnxruntime.__version__, "exporter": export.exporter,
-            "max_abs_diff": export.max_abs_diff,
-            "model_only_images_per_s": model_only_rate(onnx_predictor, args.batch_size, n_batches, args.tta),
-            **end_to_end_rate(onnx_predictor, scans, work / "out_onnx", args),
+        results["onnxruntime"] = onnxruntime.__version__
+        export = export_onnx(predictor.models[0], predictor.recipe, work / "model.onnx", exporter=args.exporter)
+        notes.append(f"export: {export.exporter}, max |onnxruntime fp32 - PyTorch| "
+                     f"{max(export.max_abs_diff.values()):.1e}")
+        if "onnx-fp32" in backends:
+            predictors["onnx-fp32"] = load_predictor(work / "model.onnx", onnx=True, device=args.device,
+                                                     onnx_threads=threads)
+        if "onnx-int8" in backends:
+            from busseg.inference.export import pytorch_reference
+            from busseg.inference.quantize import quantize_onnx
+
+            quantization = quantize_onnx(work / "model.onnx", work / "model.int8.onnx", predictor.recipe,
+                                         pytorch_reference(predictor.models[0]), min_dice=0.0)
+            results["int8_check"] = quantization.as_dict()
+            notes.append(f"int8: mask Dice vs PyTorch {quantization.mean_dice:.4f} mean, {quantization.min_dice:.4f} "
+                         "lowest (random weights: not an accuracy figure)")
+            predictors["onnx-int8"] = load_predictor(work / "model.int8.onnx", onnx=True, device=args.device,
+                                                     onnx_threads=threads)
+    for backend in backends:
+        results[backend] = {
+            "model_only_images_per_s": model_only_rate(predictors[backend], args.batch_size, n_batches, args.tta),
+            **end_to_end_rate(predictors[backend], scans, work / f"out_{backend}", args),
         }
-        results["onnx_speedup_model_only"] = (results["onnxruntime"]["model_only_images_per_s"]
-                                              / results["pytorch"]["model_only_images_per_s"])
-        results["onnx_speedup_end_to_end"] = (results["onnxruntime"]["images_per_s"]
-                                              / results["pytorch"]["images_per_s"])
 
     print(f"{args.model} at {args.image_size}x{args.image_size}, {args.n} PNG scans of "
           f"{args.scan_size[0]}x{args.scan_size[1]}, batch {args.batch_size}, {threads} threads, "
-          f"{args.workers} I/O workers, {args.device}{', TTA' if args.tta else ''}")
-    print(f"{'backend':<14}{'end-to-end img/s':>18}{'model-only img/s':>18}")
-    for backend in ("pytorch", "onnxruntime"):
-        if backend in results:
-            r = results[backend]
-            print(f"{backend:<14}{r['images_per_s']:>18.2f}{r['model_only_images_per_s']:>18.2f}")
-    if "onnx_speedup_model_only" in results:
-        print(f"onnxruntime speed-up over eager PyTorch: {results['onnx_speedup_model_only']:.2f}x model-only, "
-              f"{results['onnx_speedup_end_to_end']:.2f}x end-to-end "
-              f"(export: {results['onnxruntime']['exporter']}, max abs diff "
-              f"{max(results['onnxruntime']['max_abs_diff'].values()):.1e})")
+          f"{args.workers} I/O workers, {args.device}{', TTA' if args.tta else ''}, "
+          f"median of {args.repeats} run(s)")
+    print(f"{'backend':<12}{'end-to-end img/s':>18}{'model-only img/s':>18}{'speed-up e2e':>14}")
+    for backend in backends:
+        r = results[backend]
+        speedup = (f"{r['images_per_s'] / results['pytorch']['images_per_s']:.2f}x"
+                   if "pytorch" in results and backend != "pytorch" else "")
+        print(f"{backend:<12}{r['images_per_s']:>18.2f}{r['model_only_images_per_s']:>18.2f}{speedup:>14}")
+    for note in notes:
+        print(note)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if not args.keep:

@@ -22,6 +22,7 @@ examples:
   busseg predict --model runs/cv_unet scans/ --out predictions/          # ensemble of the fold models
   busseg predict --model runs/cv_unet --fold 0 --tta scan.dcm --out p/   # one fold model, flip TTA
   busseg predict --onnx model.onnx scans/ --out p/ --pixel-spacing 0.1 0.1
+  busseg predict --onnx model.int8.onnx scans/ --out p/       # INT8 file of `busseg export --quantize int8`
 """
 
 
