@@ -404,23 +404,6 @@ def test_feret_diameter_matches_brute_force():
     assert 0 < circularity(np.ones((1, 1), bool)) <= 1
 
 
-def test_fast_overlay_is_pixel_identical_to_the_viz_convention():
-    """predict's uint8 overlay must equal busseg.viz.overlay.overlay_prediction exactly, for
-    lesions inside the image, touching its border, ragged, empty and covering everything."""
-    from busseg.inference.predict import mask_overlay
-    from busseg.viz.overlay import overlay_prediction
-
-    g = np.random.default_rng(4)
-    image = g.integers(0, 256, (45, 61), dtype=np.uint8)
-    ragged = disk(45, 61, 20, 30, 12) & (g.random((45, 61)) > 0.2)
-    for mask in (disk(45, 61, 22, 30, 10), disk(45, 61, 2, 58, 9), ragged, np.zeros((45, 61), bool),
-                 np.ones((45, 61), bool), g.random((45, 61)) > 0.5):
-        expected = overlay_prediction(image, mask)
-        got = mask_overlay(image, mask)
-        assert got.dtype == np.uint8 and got.shape == (45, 61, 3)
-        np.testing.assert_array_equal(got, expected)
-
-
 def test_png_writer_round_trips_exactly_through_pillow(tmp_path):
     from busseg.inference.predict import png_bytes
 

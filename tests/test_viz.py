@@ -134,3 +134,24 @@ def test_overlay_grid_written(tmp_path, case):
         save_overlay_grid(tmp_path / "bad.png", [{"target": target}], ["target"])
     with pytest.raises(DataError, match="PNG"):
         save_overlay_grid(tmp_path / "grid.jpg", rows, ["image"])
+
+
+def test_gray_uint8_fast_path_equals_the_rgb_path():
+    """The uint8 grayscale fast path of overlay_mask (used by ``busseg predict``) gives exactly
+    the pixels of the general float path, for lesions inside the image, touching its border,
+    ragged, empty and covering everything."""
+    from busseg.viz.overlay import overlay_mask
+
+    def disk(h, w, cy, cx, r):
+        yy, xx = np.mgrid[0:h, 0:w]
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+    g = np.random.default_rng(4)
+    image = g.integers(0, 256, (45, 61), dtype=np.uint8)
+    rgb = np.repeat(image[..., None], 3, axis=-1)  # 3 channels: the general path
+    ragged = disk(45, 61, 20, 30, 12) & (g.random((45, 61)) > 0.2)
+    for mask in (disk(45, 61, 22, 30, 10), disk(45, 61, 2, 58, 9), ragged, np.zeros((45, 61), bool),
+                 np.ones((45, 61), bool), g.random((45, 61)) > 0.5):
+        got = overlay_mask(image, mask)
+        assert got.dtype == np.uint8 and got.shape == (45, 61, 3)
+        np.testing.assert_array_equal(got, overlay_mask(rgb, mask))

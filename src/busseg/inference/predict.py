@@ -69,6 +69,7 @@ from busseg.engine.io import atomic_write_bytes, atomic_write_json, atomic_write
 from busseg.errors import CheckpointError, ConfigError, DataError
 from busseg.inference.measurements import check_spacing, lesion_measurements
 from busseg.postprocess import PostprocessConfig, postprocess_mask
+from busseg.viz.overlay import overlay_prediction
 
 log = logging.getLogger(__name__)
 
@@ -328,35 +329,6 @@ def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
 
-def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """The prediction overlay, pixel for pixel :func:`busseg.viz.overlay.overlay_prediction`
-    ``(image, mask)`` (busseg's one convention: ``MASK_COLOR`` filled at ``alpha``, inner
-    outline opaque), computed in uint8 for the full-size images of ``predict``.
-
-    Same values, about ten times less work: the blend of a gray level ``v`` is a function of
-    ``v`` alone, so it is a 256-entry table computed with the viz module's float64 formula and
-    rounding; and the outline (``find_boundaries(mode="inner")``, 4-neighbourhood) only looks at
-    the lesion's bounding box grown by one pixel."""
-    from skimage.segmentation import find_boundaries
-
-    from busseg.viz.overlay import MASK_COLOR
-
-    gray = np.asarray(image, np.uint8)
-    region = np.asarray(mask, bool)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    if not region.any():
-        return rgb
-    levels = np.arange(256, dtype=np.float64)[:, None]
-    blended = np.round((1.0 - alpha) * levels + alpha * np.asarray(MASK_COLOR, np.float64)).astype(np.uint8)
-    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-    top, bottom = max(rows[0] - 1, 0), min(rows[-1] + 2, region.shape[0])
-    left, right = max(cols[0] - 1, 0), min(cols[-1] + 2, region.shape[1])
-    box, out = region[top:bottom, left:right], rgb[top:bottom, left:right]
-    out[box] = blended[gray[top:bottom, left:right][box]]
-    out[find_boundaries(box, mode="inner")] = MASK_COLOR
-    return rgb
-
-
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -425,7 +397,7 @@ def _finish(decoded: _Decoded, prob: np.ndarray | None, p_malignant: float | Non
         atomic_write_bytes(layout.mask(item), png_bytes(mask.astype(np.uint8) * 255))
         row["mask"] = layout.mask(item).relative_to(layout.out).as_posix()
         if layout.overlays:
-            atomic_write_bytes(layout.overlay(item), png_bytes(mask_overlay(decoded.image, mask)))
+            atomic_write_bytes(layout.overlay(item), png_bytes(overlay_prediction(decoded.image, mask, alpha=OVERLAY_ALPHA)))
             row["overlay"] = layout.overlay(item).relative_to(layout.out).as_posix()
         if layout.probabilities:
             atomic_write_bytes(layout.probability(item), png_bytes(np.round(full * 255).astype(np.uint8)))
@@ -670,7 +642,6 @@ __all__ = [
     "Predictor",
     "collect_inputs",
     "load_predictor",
-    "mask_overlay",
     "png_bytes",
     "predict",
     "resize_probability",

@@ -91,13 +91,38 @@ def overlay_mask(
     alpha: float = 0.45,
     outline: bool = True,
 ) -> np.ndarray:
-    """One mask over the image: filled with ``color`` at ``alpha`` and outlined (RGB uint8)."""
+    """One mask over the image: filled with ``color`` at ``alpha`` and outlined (RGB uint8).
+
+    A grayscale uint8 image (the common case, e.g. ``busseg predict`` on full-size scans) takes
+    a fast path with the same pixels: the blend of a gray level is a function of that level
+    alone, so it is a 256-entry table, and only the lesion's bounding box is touched."""
+    image = np.asarray(image_u8)
+    if image.dtype == np.uint8 and image.ndim == 2:
+        return _overlay_mask_gray_u8(image, as_mask(mask, image.shape, "mask"), color, alpha, outline)
     rgb = to_rgb(image_u8).astype(np.float64)
     region = as_mask(mask, rgb.shape[:2], "mask")
     _blend(rgb, region, color, alpha)
     if outline and region.any():
         rgb[find_boundaries(region, mode="inner")] = color
     return np.round(rgb).astype(np.uint8)
+
+
+def _overlay_mask_gray_u8(
+    gray: np.ndarray, region: np.ndarray, color: tuple[int, int, int], alpha: float, outline: bool
+) -> np.ndarray:
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    if not region.any():
+        return rgb
+    levels = np.arange(256, dtype=np.float64)[:, None]
+    table = np.round((1.0 - alpha) * levels + alpha * np.asarray(color, np.float64)).astype(np.uint8)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    top, bottom = max(rows[0] - 1, 0), min(rows[-1] + 2, region.shape[0])
+    left, right = max(cols[0] - 1, 0), min(cols[-1] + 2, region.shape[1])
+    box, out = region[top:bottom, left:right], rgb[top:bottom, left:right]
+    out[box] = table[gray[top:bottom, left:right][box]]
+    if outline:
+        out[find_boundaries(box, mode="inner")] = color
+    return rgb
 
 
 def overlay_prediction(
