@@ -42,3 +42,17 @@ def make_blob_batch(n: int = 4, size: int = 64, channels: int = 1, seed: int = 0
 @pytest.fixture
 def blob_batch():
     return make_blob_batch()
+
+
+def train_steps(model, objective, batch, optimizer, steps: int = 10) -> list[dict]:
+    """Run ``steps`` optimisation steps on one fixed batch; returns, per step, the objective's
+    total (``"total"``) and its logged parts as floats. Model tests use it to check that a few
+    steps lower the loss."""
+    history = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss, parts = objective(model(batch["image"]), batch)
+        loss.backward()
+        optimizer.step()
+        history.append({k: float(v) for k, v in parts.items()} | {"total": loss.item()})
+    return history

@@ -21,7 +21,7 @@ from busseg.models.acsnet import (
 )
 from busseg.models.layers import SqueezeExcitation
 from busseg.models.output import ModelOutput
-from conftest import make_blob_batch
+from conftest import make_blob_batch, train_steps
 
 REGISTERED_NAME = {"unet": "acsnet_unet", "clsnet": "acsnet_clsnet"}
 
@@ -280,13 +280,7 @@ def test_training_steps_on_phantoms_lower_both_task_losses():
     batch = make_blob_batch(2, 32, seed=5)  # labels [1, 0]
     assert set(batch["label"].tolist()) == {0, 1}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    history = []
-    for _ in range(10):
-        opt.zero_grad()
-        loss, parts = objective(model(batch["image"]), batch)
-        loss.backward()
-        opt.step()
-        history.append({k: v.item() for k, v in parts.items()} | {"total": loss.item()})
+    history = train_steps(model, objective, batch, opt, steps=10)
     assert history[-1]["total"] < history[0]["total"]
     assert history[-1]["loss_dice"] < history[0]["loss_dice"]
     assert history[-1]["loss_cls"] < history[0]["loss_cls"]

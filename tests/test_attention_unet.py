@@ -14,7 +14,7 @@ from busseg.errors import ConfigError
 from busseg.models import count_parameters, create_model, list_models, model_info
 from busseg.models.attention_unet import AttentionGate, AttentionUNet
 from busseg.models.output import ModelOutput
-from conftest import make_blob_batch
+from conftest import make_blob_batch, train_steps
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "busseg" / "recipes"
 TINY = {"attention_unet": dict(base_channels=4), "attention_unet_plus": dict(base_channels=4)}
@@ -163,12 +163,6 @@ def test_a_few_training_steps_lower_the_recipe_objective(name):
     model.train()
     batch = make_blob_batch(n=2, size=32, seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        optimizer.zero_grad()
-        loss, _ = objective(model(batch["image"]), batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = [step["total"] for step in train_steps(model, objective, batch, optimizer, steps=10)]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]

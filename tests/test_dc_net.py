@@ -17,7 +17,7 @@ from busseg.models.dc_net import (
     DifferentiableContextPooling,
     self_reversal,
 )
-from conftest import make_blob_batch
+from conftest import make_blob_batch, train_steps
 
 SMALL = dict(
     widths=(4, 8, 8, 16, 16),
@@ -256,13 +256,7 @@ def test_a_few_steps_on_phantom_data_lower_the_loss():
     objective = create_objective("dc_net")
     batch = make_blob_batch(2, 64, 1, seed=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss, _ = objective(model(batch["image"]), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = [step["total"] for step in train_steps(model, objective, batch, optimizer, steps=8)]
     assert losses[-1] < 0.85 * losses[0], losses
 
 

@@ -18,7 +18,7 @@ from busseg.models.elad_net import (
     SpatialSemanticReconstruction,
 )
 from busseg.models.output import ModelOutput
-from tests.conftest import make_blob_batch
+from tests.conftest import make_blob_batch, train_steps
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +218,7 @@ def test_few_steps_lower_the_loss(model):
     objective = create_objective("elad_net")
     optimizer = torch.optim.Adamax(net.parameters(), lr=0.002)
     batch = make_blob_batch(2, 64, seed=2)
-    losses = []
-    for _ in range(10):
-        optimizer.zero_grad()
-        loss, _ = objective(net(batch["image"]), batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = [step["total"] for step in train_steps(net, objective, batch, optimizer, steps=10)]
     assert losses[-1] < 0.85 * losses[0], losses
 
 

@@ -13,7 +13,7 @@ from busseg.models import create_model
 from busseg.models.baselines._common import bilinear_upsampling_kernel, grayscale_first_conv
 from busseg.models.baselines.fcn import FCN8sDecoder
 from busseg.models.output import ModelOutput
-from conftest import make_blob_batch
+from conftest import make_blob_batch, train_steps
 
 #: Small configurations (the encoders stay full size: they are what the baselines are).
 SMALL_OPTIONS = {
@@ -79,13 +79,7 @@ def test_few_steps_on_phantoms_lower_the_objective(name):
     objective = create_objective("segmentation", pixel="bce_dice")
     batch = make_blob_batch(n=4, size=64, seed=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        optimizer.zero_grad()
-        loss, _ = objective(model(batch["image"]), batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = [step["total"] for step in train_steps(model, objective, batch, optimizer, steps=10)]
     assert losses[-1] < losses[0] * 0.9, losses
 
 
