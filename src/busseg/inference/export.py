@@ -180,6 +180,21 @@ def _check(session, wrapper: nn.Module, recipe: dict, outputs: list[str], batch_
     return worst
 
 
+
+def save_onnx(proto, path: str | Path, metadata: dict[str, str], producer: str) -> Path:
+    """Write an ONNX model atomically with ``metadata`` as its metadata_props (replacing any)
+    and ``producer`` as its producer name."""
+    import onnx
+
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = producer
+    buffer = io.BytesIO()
+    onnx.save(proto, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
 def export_onnx(
     model: nn.Module,
     recipe: dict,
@@ -238,14 +253,7 @@ def export_onnx(
         META_OUTPUTS: json.dumps(outputs),
         META_CHECK: json.dumps(diffs),
     }
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = f"busseg {busseg.__version__} ({used} exporter)"
-    buffer = io.BytesIO()
-    onnx.save(proto, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_onnx(proto, path, meta, f"busseg {busseg.__version__} ({used} exporter)")
     return ExportResult(path=path, model=recipe["model"], outputs=outputs, exporter=used,
                         max_abs_diff=diffs, checked_batch_sizes=list(check_batch_sizes), notes=notes)
 

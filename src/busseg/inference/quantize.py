@@ -35,7 +35,6 @@ reported but says nothing about a trained model's.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tempfile
@@ -45,7 +44,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from busseg.engine.io import atomic_write_bytes
 from busseg.errors import ConfigError, DataError
 from busseg.inference.onnx_runner import CLS_OUTPUT, META_CHECK, META_QUANTIZATION, SEG_OUTPUT
 
@@ -188,7 +186,7 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from busseg.inference.export import ExportError
+    from busseg.inference.export import ExportError, save_onnx
 
     if not 0.0 <= float(min_dice) <= 1.0:
         raise ConfigError(f"min_dice must lie in [0, 1], got {min_dice}")
@@ -236,14 +234,7 @@ def quantize_onnx(
         )
     meta[META_QUANTIZATION] = json.dumps(result.as_dict())
     meta[META_CHECK] = json.dumps({"max_probability_diff": result.max_prob_diff})
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = f"{fp32.producer_name} + onnxruntime INT8 quantization"
-    buffer = io.BytesIO()
-    onnx.save(proto, buffer)
-    atomic_write_bytes(out_path, buffer.getvalue())
+    save_onnx(proto, out_path, meta, f"{fp32.producer_name} + onnxruntime INT8 quantization")
     return result
 
 
