@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from busseg.errors import ConfigError
 from busseg.losses import create_objective
