@@ -24,6 +24,34 @@ def build_model_from_recipe(recipe: dict, encoder_weights: str | None = None) ->
     )
 
 
+def check_recipe(recipe: dict) -> None:
+    """Build what a run builds from ``recipe`` — the model with its options, the objective, the
+    augmentation, the optimiser and the learning-rate schedule — and raise a
+    :class:`~busseg.errors.ConfigError` naming the model when any of them refuses the recipe.
+
+    Everything is built on PyTorch's ``meta`` device (shapes only: no memory, a fraction of a
+    second per model), with ``encoder_weights="none"`` in place of ``"imagenet"`` so that no
+    network is probed; a weights FILE is still read and checked. A plan of many runs calls this
+    for every run before the first one trains, so that an option one model does not take fails
+    at once instead of after the others have trained.
+    """
+    from busseg.errors import BussegError, ConfigError
+
+    info = model_info(recipe["model"])
+    if recipe["image_size"] % info.size_divisor:
+        raise ConfigError(f"model {recipe['model']!r} needs an image size divisible by {info.size_divisor}; "
+                          f"recipe image_size is {recipe['image_size']}")
+    weights = "none" if recipe["encoder_weights"] == "imagenet" else None
+    try:
+        with torch.device("meta"):
+            SegmentationTask(recipe, encoder_weights=weights).configure_optimizers()
+    except BussegError as exc:
+        message, prefix = str(exc), f"model {recipe['model']!r}"
+        raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
+    except (TypeError, ValueError, KeyError) as exc:  # a constructor refusing an option
+        raise ConfigError(f"model {recipe['model']!r}: the recipe is refused: {type(exc).__name__}: {exc}") from exc
+
+
 def per_image_dice_iou(
     logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
