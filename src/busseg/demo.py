@@ -52,18 +52,18 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     report = audit_dataset(records)
     print("      " + report.to_text().strip().replace("\n", "\n      ")[:1200])
     print("[3/5] group-aware 5-fold split (duplicate clusters kept in one fold)")
-    split = make_split(records, k=5, seed=0, val_fraction=0.15, groups=report.group_map())
+    recipe = apply_overrides(load_recipe(model), [
+        f"image_size={image_size}", f"epochs={epochs}", "batch_size=8", "encoder_weights=none",
+        "optimizer={name: adam, lr: 0.002}", "scheduler={name: cosine}", "early_stopping=null",
+        "augmentation={hflip: 0.5}", "model_options={base_channels: 8}", "validation.fraction=0.15",
+    ], "demo")
+    split = make_split(records, k=5, seed=0, val_fraction=recipe["validation"]["fraction"], groups=report.group_map())
     split["dataset"] = "phantom"
     save_split(split, out_dir / "split.json")
     train_ids, val_ids, test_ids = fold_ids(split, 0)
     print(f"      fold 0: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test -> {out_dir / 'split.json'}")
 
     print(f"[4/5] training {model} for {epochs} epochs on CPU (selection on the validation subset)")
-    recipe = apply_overrides(load_recipe(model), [
-        f"image_size={image_size}", f"epochs={epochs}", "batch_size=8", "encoder_weights=none",
-        "optimizer={name: adam, lr: 0.002}", "scheduler={name: cosine}", "early_stopping=null",
-        "augmentation={hflip: 0.5}", "model_options={base_channels: 8}",
-    ], "demo")
     run_dir = out_dir / f"{model}_fold0"
     result = train_fold(recipe, run_dir, split=split, fold=0, prepared=prepared, progress=progress,
                         accelerator="cpu", resume=(run_dir / "result.json").is_file())

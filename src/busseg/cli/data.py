@@ -56,9 +56,29 @@ def _audit(args) -> int:
     return 0
 
 
+def _val_fraction(args) -> float:
+    """``--val-fraction``, else the validation.fraction of ``--recipe``, else the recipes'
+    default: the recipe is the one source of truth, and an explicit fraction that contradicts
+    a given recipe is warned about (runs with that recipe will use the split's fraction)."""
+    import logging
+
+    from busseg.engine.recipe import DEFAULTS, load_recipe
+
+    recipe = load_recipe(args.recipe)["validation"]["fraction"] if args.recipe else None
+    if args.val_fraction is None:
+        return float(recipe if recipe is not None else DEFAULTS["validation"]["fraction"])
+    if recipe is not None and abs(args.val_fraction - recipe) > 1e-9:
+        logging.getLogger("busseg").warning(
+            "--val-fraction %g differs from the validation.fraction %g of recipe %s; the split is written with "
+            "%g, and runs of that recipe on this split validate on the split's images", args.val_fraction, recipe,
+            args.recipe, args.val_fraction)
+    return float(args.val_fraction)
+
+
 def _split(args) -> int:
     from busseg.data import audit_dataset, import_busbra_folds, make_split, random_split, save_split
 
+    args.val_fraction = _val_fraction(args)
     if args.busbra_official is not None:
         if args.dataset != "busbra":
             raise ConfigError("--busbra-official only applies to the busbra dataset")
@@ -82,7 +102,9 @@ def _split(args) -> int:
             )
             split["audit"] = {"near_duplicate_threshold": args.threshold, "clusters": report.clusters}
     save_split(split, args.out)
-    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: {split['grouping']})")
+    carved = "" if split.get("val_fraction") is None else f", validation fraction {split['val_fraction']:g}"
+    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: "
+          f"{split['grouping']}{carved})")
     for fold in split["folds"]:
         counts = ", ".join(f"{part} {len(fold[part])} {json.dumps(fold['counts'][part])}" for part in ("train", "val", "test"))
         print(f"  fold {fold['fold']}: {counts}")
@@ -133,7 +155,11 @@ def register(subparsers) -> None:
     _add_dataset_args(split)
     split.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    split.add_argument("--val-fraction", type=float, default=0.1, help="share of each training pool used for validation (default 0.1)")
+    split.add_argument("--val-fraction", type=float, default=None,
+                       help="share of each training pool used for validation (default: the validation.fraction "
+                            "of --recipe, else the recipes' default 0.2)")
+    split.add_argument("--recipe", default=None, metavar="NAME|FILE",
+                       help="take the validation fraction from this recipe (e.g. the one the runs will use)")
     split.add_argument("--threshold", type=int, default=6, help="near-duplicate Hamming threshold used for grouping (default 6)")
     split.add_argument(
         "--random",

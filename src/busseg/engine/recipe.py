@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from busseg.data.splits import DEFAULT_VAL_FRACTION
 from busseg.errors import ConfigError
 
 #: Every recipe field, its type(s) and default. Nested dicts are checked one level deep.
@@ -33,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler": {"name": "none"},
     "loss": {"name": "segmentation", "pixel": "bce_dice"},
     "augmentation": {},
-    "validation": {"fraction": 0.2, "monitor": "val_dice", "mode": "max"},
+    "validation": {"fraction": DEFAULT_VAL_FRACTION, "monitor": "val_dice", "mode": "max"},
     "early_stopping": None,
     "cv_folds": 5,
     "seed": 0,

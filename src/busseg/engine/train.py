@@ -33,7 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from busseg.data import load_records
 from busseg.data.preprocess import PreparedData, prepare
-from busseg.data.splits import fold_ids, load_split, make_split, save_split
+from busseg.data.splits import fold_ids, load_split, make_split, save_split, validation_fraction_mismatch
 from busseg.engine.data import InMemoryTensors, make_loader
 from busseg.engine.evaluate import evaluate_models, load_checkpoint
 from busseg.engine.io import atomic_torch_save, atomic_write_json
@@ -142,7 +142,11 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
     if isinstance(split, dict):
         return split
     if split is not None:
-        return load_split(split, prepared.records)
+        loaded = load_split(split, prepared.records)
+        mismatch = validation_fraction_mismatch(loaded, recipe["validation"]["fraction"], f"split file {split}")
+        if mismatch and _is_main_process():
+            log.warning(mismatch)
+        return loaded
     from busseg.data.audit import audit_dataset
 
     groups = audit_dataset(prepared.records, read_masks=False).group_map()
