@@ -244,12 +244,9 @@ def audit_dataset(
     empty, multiple = [], []
     hashes, pixel_digests, mask_signatures, ok_ids = [], [], {}, []
     seen_ids: set[str] = set()
-    iterator = records
-    if progress:
-        from tqdm import tqdm
+    from busseg.console import progress_bar
 
-        iterator = tqdm(records, desc="auditing", unit="img", leave=False)
-    for record in iterator:
+    for record in progress_bar(records, desc="auditing", unit="img", enabled=progress):
         if record.id in seen_ids:
             problems.append((str(record.image_path), f"duplicate record id {record.id!r}"))
             continue

@@ -37,6 +37,7 @@ from busseg.data.splits import fold_ids, load_split, make_split, save_split, val
 from busseg.engine.data import InMemoryTensors, make_loader
 from busseg.engine.evaluate import evaluate_models, load_checkpoint
 from busseg.engine.io import atomic_torch_save, atomic_write_json
+from busseg.engine.progress import training_progress
 from busseg.engine.recipe import save_recipe
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.engine.task import SegmentationTask
@@ -251,7 +252,8 @@ def train_fold(
         dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
         save_last=True, save_top_k=1, enable_version_counter=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
+    progress_callbacks, show_bar = training_progress(progress)
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), *progress_callbacks, *(callbacks or [])]
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
@@ -271,7 +273,7 @@ def train_fold(
         logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="")],
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,

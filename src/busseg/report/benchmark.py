@@ -300,8 +300,10 @@ def shared_split(out: Path, dataset: str, root, recipe: dict, data_options: dict
 
 def measure_complexity(recipe: dict, image_size: int = COMPLEXITY_SIZE, device: str = "cpu") -> dict:
     """Parameters, FLOPs (PyTorch's FlopCounterMode; 1 multiply-add = 2 FLOPs) and inference
-    time per image at ``image_size`` (rounded up to the model's size divisor) on CPU and, when
-    CUDA is available, on the GPU."""
+    time per image at ``image_size`` (rounded up to the model's size divisor; 256² by default,
+    the size the papers report) on CPU and, when CUDA is available, on the GPU; and the FLOPs
+    at the size the recipe trains at (``trained_image_size``, ``gflops_trained``), which differ
+    for a run trained smaller (the quick protocol's 128², a 64² smoke run)."""
     import torch
 
     from busseg.engine.task import build_model_from_recipe
@@ -312,14 +314,17 @@ def measure_complexity(recipe: dict, image_size: int = COMPLEXITY_SIZE, device: 
     size = -(-image_size // divisor) * divisor
     model = build_model_from_recipe(recipe, encoder_weights="none")
     flops = count_flops(model, size, recipe["in_channels"])
+    trained = recipe["image_size"]
+    flops_trained = flops if trained == size else count_flops(model, trained, recipe["in_channels"])
     entry = {
         "model": recipe["model"], "model_options": recipe["model_options"], "in_channels": recipe["in_channels"],
         "image_size": size, "parameters": count_parameters(model), "gflops": flops / 1e9, "gmacs": flops / 2e9,
+        "trained_image_size": trained, "gflops_trained": flops_trained / 1e9,
         "cpu_ms": measure_inference_ms(model, size, recipe["in_channels"], device="cpu", warmup=1, repeats=3),
         "cpu_threads": torch.get_num_threads(), "gpu_ms": None, "gpu": None,
         "measured": timestamp(),
         "conventions": "FLOPs from torch.utils.flop_counter (1 MAC = 2 FLOPs; convolutions, matmuls, "
-                       "attention only); median ms per image at batch 1, eval mode, float32",
+                       "attention only); median ms per image at batch 1, eval mode, float32, at image_size",
     }
     if device != "cpu" and torch.cuda.is_available():
         entry["gpu_ms"] = measure_inference_ms(model, size, recipe["in_channels"], device="cuda", warmup=3, repeats=10)
@@ -460,6 +465,7 @@ def _update_complexity(path: Path, recipes: dict[str, dict], device: str) -> Non
         saved = table.get(model)
         if (saved and saved.get("model_options") == recipe["model_options"]
                 and saved.get("in_channels") == recipe["in_channels"]
+                and saved.get("trained_image_size") == recipe["image_size"]
                 and (saved.get("gpu_ms") is not None or device == "cpu")):
             continue
         try:
