@@ -22,6 +22,11 @@ Method:
 
 Every unreadable file, size mismatch, empty or non-binary mask is collected as a problem (the
 audit never stops at the first one).
+
+Why the DCT hash is written here (:func:`dct_hash`, a few lines on Pillow and SciPy's
+``dctn``) rather than taken from ``imagehash``: the hash decides which images a split keeps
+together, so it must not change with a library release (imagehash's pHash has changed its
+resize and median details between versions), and it is one more dependency for ten lines.
 """
 
 from __future__ import annotations

@@ -47,6 +47,14 @@ NaN or inf here and NaN vanishes from a ``nanmean``, hiding missed lesions; here
 count at the worst value and :func:`busseg.metrics.aggregate.summarize_per_image` reports how
 many there were.
 
+Why written here and not taken from MONAI (``monai.metrics``, a test dependency that these
+functions are checked against): MONAI's metrics return NaN or inf when a mask is empty and
+expect batched one-hot tensors; busseg needs ONE empty-mask policy that never drops a case
+(above), per-image numbers on NumPy masks of any size (images keep their own geometry), and
+millimetres from a per-image pixel spacing. The distance computations themselves are SciPy's
+(``binary_erosion``, ``distance_transform_edt``); on non-empty masks every value agrees with
+MONAI's (tests/test_metrics.py).
+
 Zero denominators (one rule for precision and recall): a ratio whose denominator is 0 is 1
 when both masks are empty and 0 otherwise, so that neither a missed lesion (precision's
 TP + FP = 0) nor a false alarm (recall's TP + FN = 0) scores as perfect. Specificity's
