@@ -25,8 +25,9 @@ audit never stops at the first one).
 
 Why the DCT hash is written here (:func:`dct_hash`, a few lines on Pillow and SciPy's
 ``dctn``) rather than taken from ``imagehash``: the hash decides which images a split keeps
-together, so it must not change with a library release (imagehash's pHash has changed its
-resize and median details between versions), and it is one more dependency for ten lines.
+together, so its exact definition (resize filter, coefficients kept, median without the DC
+term) is fixed and documented here, not left to another package's release; and it saves a
+dependency for ten lines.
 """
 
 from __future__ import annotations
