@@ -31,6 +31,7 @@ from busseg.data import write_phantom_dataset
 from busseg.engine.recipe import validate_recipe
 from busseg.errors import ConfigError
 from busseg.models import ModelOutput, list_models, register_model
+from test_predict import write_dicom
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -80,26 +81,6 @@ def make_run(root: Path, model: str) -> Path:
                root / "checkpoints" / "best.ckpt")
     (root / "result.json").write_text(json.dumps({"fold": 0, "best_checkpoint": "checkpoints/best.ckpt"}))
     return root
-
-
-def write_dicom(path: Path, pixels: np.ndarray, spacing=(0.1, 0.2)) -> Path:
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # US image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelSpacing = [pydicom.valuerep.DSfloat(spacing[0]), pydicom.valuerep.DSfloat(spacing[1])]
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def decode(data_url: str) -> np.ndarray:

@@ -80,5 +80,5 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     print(f"  {'Otsu threshold':<22} Dice {base_summary['dice_mean']:.3f} ± {base_summary['dice_std']:.3f}   "
           f"IoU {base_summary['iou_mean']:.3f}   HD95 {base_summary['hd95_mean']:.1f}px")
     print(f"run: {run_dir} (recipe.yaml, split.json, run.json, checkpoints/, test/per_image.csv)")
-    print(f"demo finished in {time.time() - started:.0f} s")
+    print(f"demo finished in {time.time() - started:.0f} s; see the model on a web page: busseg serve")
     return {"model": seg, "threshold_baseline": base_summary, "run_dir": str(run_dir)}
