@@ -140,7 +140,7 @@ class DemoService:
         self.examples = {Path(p).name: Path(p) for p in examples}
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_pixels = int(max_pixels)
-        self._lock = threading.Lock()  # one prediction at a time: bounded memory, predictable latency
+        self._lock = threading.Lock()
 
     def info(self) -> dict:
         return {"model": self.model.describe(), "segments": self.model.segments, "classifies": self.model.classifies,
@@ -185,6 +185,12 @@ class DemoService:
                               f"{self.max_pixels / 1e6:.0f} megapixels.", status=413)
 
     def predict_file(self, path: Path, name: str, *, tta: bool = False, spacing=None) -> dict:
+        # One request at a time: bounded memory, predictable latency, and the warnings caught
+        # while reading belong to this file (the warnings filters are global to the process).
+        with self._lock:
+            return self._predict_file(path, name, tta=tta, spacing=spacing)
+
+    def _predict_file(self, path: Path, name: str, *, tta: bool, spacing) -> dict:
         from busseg.data.imageio import read_image, read_pixel_spacing
         from busseg.viz.overlay import overlay_heatmap, overlay_prediction
 
@@ -202,8 +208,7 @@ class DemoService:
         used = own if own is not None else spacing
         model = self.models[bool(tta)]
         started = time.perf_counter()
-        with self._lock:
-            result = model(path, spacing=spacing)
+        result = model(path, spacing=spacing)
         seconds = time.perf_counter() - started
         answer: dict[str, Any] = {
             "name": name, "width": int(gray.shape[1]), "height": int(gray.shape[0]),
