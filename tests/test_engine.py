@@ -145,7 +145,8 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     with pytest.raises(_SimulatedCrash):
         train_fold(recipe, cut, data_options=PHANTOMS, evaluate_test=False,
                    callbacks=[_CrashAfterFirstEpoch()], **QUIET)
-    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
+    record = json.loads((cut / "run.json").read_text())
+    assert record["status"] == "failed" and record["interrupted_at_epoch"] == 0  # a crash, not Ctrl-C
     assert not (cut / "result.json").exists()
     train_fold(recipe, cut, data_options=PHANTOMS, evaluate_test=False, resume=True, **QUIET)
     header = (cut / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -155,6 +156,18 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_last_checkpoint_is_the_last_finished_epoch(tmp_path):
+    """Selection on a metric that stops improving after the first epoch: best.ckpt stays at
+    epoch 0, last.ckpt must still follow every epoch (a resume continues from there)."""
+    recipe = tiny_recipe(epochs=3, validation={"fraction": 0.2, "monitor": "val_loss", "mode": "max"})
+    out = tmp_path / "run"
+    result = train_fold(recipe, out, data_options=PHANTOMS, evaluate_test=False, **QUIET)
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert best["epoch"] < 2, "this recipe was meant to select an early epoch"
+    assert last["epoch"] == 2 and result["epochs_run"] == 3
 
 
 def test_cv_and_evaluate(tmp_path):
@@ -255,3 +268,164 @@ def test_evaluate_writes_case_figures_with_attention(tmp_path):
     assert pick_cases(rows, 3) == [("i1", "best"), ("i2", "median"), ("i0", "worst")]
     att = {"attention_1": torch.rand(2, 1, 8, 8), "attention_2": torch.rand(2, 1, 4, 4)}
     assert _attention_map(att, 1).shape == (8, 8)
+
+
+# ---------------------------------------------------------------- operating-system failures
+
+
+def _write_recipe(path, **changes):
+    import yaml
+
+    path.write_text(yaml.safe_dump(tiny_recipe(**changes)))
+    return path
+
+
+def _cli(argv, capsys):
+    """Run the busseg command in this process; (exit status, stderr)."""
+    from busseg.cli.main import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("busseg: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+def test_cli_train_into_a_path_that_is_a_file(tmp_path, capsys):
+    recipe = _write_recipe(tmp_path / "tiny.yaml")
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
+                      "--no-progress", "--out", str(taken)], capsys)
+    assert code == 2
+    line = _one_line_error(err)
+    assert str(taken) in line and "is a file" in line
+    assert taken.read_text() == "not a folder"
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path, monkeypatch):
+    """A folder nobody can create files in. Made immutable with ``chattr +i`` where the file
+    system allows it (root ignores permission bits); otherwise the OS calls are patched to
+    answer EACCES for paths inside it, as they would for a user without write permission."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    immutable = subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode == 0 \
+        if __import__("shutil").which("chattr") else False
+    if not immutable:
+        import builtins
+        import errno
+        import os as _os
+
+        def inside(path) -> bool:
+            try:
+                return str(_os.path.abspath(_os.fspath(path))).startswith(str(locked) + _os.sep)
+            except TypeError:
+                return False
+
+        def denied(path):
+            return PermissionError(errno.EACCES, "Permission denied", _os.fspath(path))
+
+        real_open, real_os_open, real_mkdir = builtins.open, _os.open, _os.mkdir
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            if inside(file) and any(c in mode for c in "wax+"):
+                raise denied(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            if inside(path) and flags & (_os.O_WRONLY | _os.O_RDWR | _os.O_CREAT):
+                raise denied(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def fake_mkdir(path, *args, **kwargs):
+            if inside(path):
+                raise denied(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(_os, "open", fake_os_open)
+        monkeypatch.setattr(_os, "mkdir", fake_mkdir)
+    yield locked
+    if immutable:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_cli_train_into_a_folder_without_write_permission(tmp_path, unwritable_dir, capsys):
+    recipe = _write_recipe(tmp_path / "tiny.yaml")
+    out = unwritable_dir / "run"
+    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
+                      "--no-progress", "--out", str(out)], capsys)
+    assert code == 2
+    line = _one_line_error(err)
+    assert str(out) in line and ("permission denied" in line or "not permitted" in line)
+    assert not list(unwritable_dir.iterdir())
+
+
+def test_cli_train_on_a_full_disk_ends_failed_with_one_line(tmp_path, capsys, monkeypatch):
+    """The disk fills while a checkpoint is written: one line naming it, no temporary file,
+    no result, and run.json says the run failed (and why)."""
+    import errno
+    import os as _os
+
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        if "state_dict" in obj:  # a training checkpoint: write part of it, then ENOSPC
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, _os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    recipe = _write_recipe(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
+                      "--no-progress", "--out", str(out)], capsys)
+    assert code == 2
+    line = _one_line_error(err)
+    assert ".ckpt" in line and "disk full" in line
+    assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
+    assert not list(out.rglob("*.tmp")) and not (out / "result.json").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "disk full" in run["reason"]
+
+
+def test_run_json_records_a_failure_after_training(tmp_path, monkeypatch):
+    """A failure while testing the selected model (after fit) no longer leaves 'running'."""
+    import busseg.engine.train as train_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(train_module, "evaluate_models", broken)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="exploded"):
+        train_fold(tiny_recipe(epochs=1), out, data_options=PHANTOMS, **QUIET)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "evaluation exploded" in run["reason"]
+    assert "ended" in run
+
+
+class _CtrlCInFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise KeyboardInterrupt
+
+
+def test_run_json_records_an_interruption(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        train_fold(tiny_recipe(epochs=2), out, data_options=PHANTOMS, evaluate_test=False,
+                   callbacks=[_CtrlCInFirstEpoch()], **QUIET)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["interrupted_at_epoch"] == 0
+
+
+def test_a_refused_rerun_leaves_the_finished_record_alone(trained_run):
+    out, _ = trained_run
+    before = (out / "run.json").read_text()
+    with pytest.raises(ConfigError):
+        train_fold(tiny_recipe(), out, data_options=PHANTOMS, **QUIET)
+    assert (out / "run.json").read_text() == before

@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("busseg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the OS refused: one line naming it, no traceback
+        from busseg.fileio import os_error_line
+
+        print(f"busseg: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ The model is selected on the validation subset carved from the training folds (r
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import warnings
@@ -41,6 +43,7 @@ from busseg.engine.recipe import save_recipe
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.engine.task import SegmentationTask
 from busseg.errors import ConfigError
+from busseg.fileio import prepare_output_dir
 from busseg.metrics.aggregate import summarize_folds
 from busseg.models import model_info
 from busseg.models.weights import collect_weights_info
@@ -170,6 +173,148 @@ def _monitor(recipe: dict) -> tuple[str, str]:
     return monitor, mode
 
 
+def last_epoch_checkpoint(directory: Path) -> ModelCheckpoint:
+    """``last.ckpt`` after every finished epoch. (Lightning's ``save_last`` writes it only in
+    epochs where the monitored checkpoint is saved, i.e. when validation improves, so a resume
+    would redo the epochs since.) Listed after the best-model callback, so the file holds that
+    callback's state of the same epoch."""
+    return ModelCheckpoint(dirpath=directory, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+
+
+#: What a run directory holds (module docstring); ``discard_run`` removes exactly these.
+RUN_ENTRIES = ("recipe.yaml", "split.json", "run.json", "result.json", "checkpoints", "logs", "test")
+
+
+def existing_run_state(out_dir: Path) -> str | None:
+    """``"finished"`` (result.json written), ``"started"`` (a checkpoint exists) or None."""
+    if (out_dir / "result.json").is_file():
+        return "finished"
+    if (out_dir / "checkpoints" / "last.ckpt").exists():
+        return "started"
+    return None
+
+
+def discard_run(out_dir: Path) -> None:
+    """Remove a run's own files and folders from ``out_dir`` (anything else is left)."""
+    import shutil
+
+    log.warning("discarding the run in %s (--overwrite)", out_dir)
+    for name in RUN_ENTRIES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def recipe_differences(saved: Any, recipe: Any, prefix: str = "") -> list[str]:
+    """``"epochs: 2 -> 5"`` for every (dotted) field where two recipes differ."""
+    if isinstance(saved, dict) and isinstance(recipe, dict):
+        out = []
+        for key in list(saved) + [k for k in recipe if k not in saved]:
+            out += recipe_differences(saved.get(key), recipe.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == recipe else [f"{prefix.rstrip('.')}: {saved!r} -> {recipe!r}"]
+
+
+def check_same_recipe(out_dir: Path, recipe: dict, *, finished: bool) -> None:
+    """Refuse to continue or reuse the run in ``out_dir`` under another recipe."""
+    try:
+        saved = yaml.safe_load((out_dir / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{out_dir / 'recipe.yaml'}: cannot read the run's recipe ({exc}); "
+                          "pass --overwrite to train the run again") from None
+    changes = recipe_differences(saved, recipe)
+    if not changes:
+        return
+    listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    if finished and isinstance(saved, dict) and saved.get("epochs") != recipe.get("epochs"):
+        raise ConfigError(
+            f"{out_dir} holds a run that finished its {saved.get('epochs')} epochs; this recipe asks for "
+            f"{recipe.get('epochs')}. A finished run is never extended (its learning-rate schedule and the "
+            f"selected epoch depend on the epoch count): train into another --out, or pass --overwrite to "
+            f"train this one again ({listed})")
+    what = "finished" if finished else "interrupted"
+    raise ConfigError(
+        f"{out_dir} holds a{'n' if what == 'interrupted' else ''} {what} run of another recipe ({listed}); "
+        "continue it with its own settings, pass --overwrite to train it again, or choose another --out")
+
+
+def check_same_run(out_dir: Path, dataset: str, data_sha256: str, split: dict, fold: int) -> None:
+    """Refuse to continue or reuse the run in ``out_dir`` on other data or another split: its
+    record must name this dataset and fold with the same fingerprint of the fold's prepared
+    images, and its split file must give the fold the same train/val/test ids."""
+    record_path = out_dir / "run.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{record_path}: cannot read the run's record ({exc}); "
+                          "pass --overwrite to train the run again") from None
+    problems = []
+    if record.get("dataset") != dataset:
+        problems.append(f"dataset {record.get('dataset')!r}, not {dataset!r}")
+    if record.get("fold") != fold:
+        problems.append(f"fold {record.get('fold')}, not {fold}")
+    if "data_sha256" not in record:
+        problems.append("no fingerprint of its data (written by an older busseg)")
+    elif record["data_sha256"] != data_sha256:
+        problems.append("other images or masks (the data fingerprint differs)")
+    try:
+        saved_split = load_split(out_dir / "split.json")
+        same_fold = fold_ids(saved_split, fold) == fold_ids(split, fold)
+    except ConfigError:
+        same_fold = False
+    if not same_fold:
+        problems.append(f"another split (fold {fold}'s train/val/test ids differ)")
+    if problems:
+        raise ConfigError(
+            f"{out_dir} holds a run made with {'; '.join(problems)}; it cannot be continued or reused "
+            "here: pass --overwrite to train it again, or choose another --out")
+
+
+def _read_run_record(out_dir: Path) -> str | None:
+    try:
+        return (out_dir / "run.json").read_text()
+    except OSError:
+        return None
+
+
+def _record_run_end(out_dir: Path, exc: BaseException, **extra) -> None:
+    """Write into ``run.json`` how this session ended: ``interrupted`` (Ctrl-C, SIGTERM) or
+    ``failed`` (any error), with the reason. Best effort: on a full disk the record may not be
+    writable, and the original error is what the user must see."""
+    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    try:
+        record = json.loads((out_dir / "run.json").read_text())
+        record.update(status="interrupted" if interrupted else "failed", ended=timestamp(),
+                      reason=f"{type(exc).__name__}: {exc}", **extra)
+        atomic_write_json(out_dir / "run.json", record)
+    except (OSError, ValueError) as write_error:
+        log.warning("could not record the end of the run in %s (%s)", out_dir / "run.json", write_error)
+
+
+def _records_how_the_run_ends(train):
+    """``train_fold`` leaves a ``run.json`` saying ``running`` only while it runs: whatever stops
+    the session after it wrote its record (an error while training or testing, Ctrl-C) is
+    written into it. A record this session did not write (a refused rerun) is left alone."""
+
+    @functools.wraps(train)
+    def wrapper(recipe, out_dir, *args, **kwargs):
+        before = _read_run_record(Path(out_dir))
+        try:
+            return train(recipe, out_dir, *args, **kwargs)
+        except BaseException as exc:
+            after = _read_run_record(Path(out_dir))
+            if _is_main_process() and after is not None and after != before \
+                    and json.loads(after).get("status") == "running":
+                _record_run_end(Path(out_dir), exc)
+            raise
+
+    return wrapper
+
+
+@_records_how_the_run_ends
 def train_fold(
     recipe: dict,
     out_dir: str | Path,
@@ -188,24 +333,31 @@ def train_fold(
     progress: bool = True,
     evaluate_test: bool = True,
     callbacks: list | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``recipe`` on one fold of ``split`` and evaluate the selected model on its test
-    images. Returns the result dict also written to ``<out_dir>/result.json``."""
+    images. Returns the result dict also written to ``<out_dir>/result.json``.
+
+    An existing run in ``out_dir`` is refused unless ``resume`` (continue an interrupted run;
+    a finished one is returned as it is) or ``overwrite`` (discard it and train again). Either
+    way it is used only when its recipe, its data and its fold of the split are the ones given
+    here (:func:`check_same_run`)."""
     out_dir = Path(out_dir)
     _check_trainable(recipe)
     result_path = out_dir / "result.json"
     last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    if result_path.is_file() and resume:
-        log.info("run %s already finished; skipping", out_dir)
-        return yaml.safe_load(result_path.read_text())
-    if last_ckpt.exists() and not resume:
+    state = existing_run_state(out_dir)
+    if state and overwrite:
+        discard_run(out_dir)
+        state = None
+    if state and not resume:
         raise ConfigError(
-            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+            f"{out_dir} already holds {'a finished' if state == 'finished' else 'an unfinished'} run; pass "
+            "--resume to continue it, --overwrite to train it again, or choose another --out"
         )
-    if resume and (out_dir / "recipe.yaml").is_file():
-        saved = yaml.safe_load((out_dir / "recipe.yaml").read_text())
-        if saved != recipe:
-            raise ConfigError(f"--resume: the recipe differs from the one saved in {out_dir / 'recipe.yaml'}")
+    if state:
+        check_same_recipe(out_dir, recipe, finished=state == "finished")
+    prepare_output_dir(out_dir)
 
     L.seed_everything(recipe["seed"], workers=True, verbose=False)
     if prepared is None:
@@ -216,6 +368,12 @@ def train_fold(
     train_ids, val_ids, test_ids = fold_ids(split, fold)
     if not val_ids:
         raise ConfigError(f"fold {fold} of the split has no validation images (training folds too small?)")
+    data_sha256 = prepared.subset(train_ids + val_ids + test_ids).fingerprint()
+    if state:
+        check_same_run(out_dir, dataset, data_sha256, split, fold)
+    if state == "finished":
+        log.info("run %s already finished with this recipe, data and split; its result is reused", out_dir)
+        return yaml.safe_load(result_path.read_text())
     tensors = InMemoryTensors(prepared.subset(train_ids + val_ids), recipe["normalization"], recipe["in_channels"])
 
     task = SegmentationTask(recipe)
@@ -235,6 +393,7 @@ def train_fold(
             "data_options": data_options or {},
             "fold": fold,
             "n_train": len(train_ids), "n_val": len(val_ids), "n_test": len(test_ids),
+            "data_sha256": data_sha256,
             "seed": recipe["seed"],
             "encoder_weights": weights_info,
             "objective": objective_info,
@@ -245,9 +404,10 @@ def train_fold(
     monitor, mode = _monitor(recipe)
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
-        save_last=True, save_top_k=1, enable_version_counter=False,
+        save_top_k=1, enable_version_counter=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
+    callbacks = [checkpoint, last_epoch_checkpoint(out_dir / "checkpoints"),
+                 LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
@@ -286,10 +446,7 @@ def train_fold(
         # its exception. Either way the last complete checkpoint stays and --resume continues.
         signal.signal(signal.SIGINT, sigint)
         if trainer.is_global_zero and (out_dir / "run.json").is_file():
-            record = yaml.safe_load((out_dir / "run.json").read_text())
-            record.update(status="interrupted", interrupted_at_epoch=trainer.current_epoch,
-                          reason=f"{type(exc).__name__}: {exc}")
-            atomic_write_json(out_dir / "run.json", record)
+            _record_run_end(out_dir, exc, interrupted_at_epoch=trainer.current_epoch)
         if isinstance(exc, SystemExit):
             raise KeyboardInterrupt(f"training interrupted; continue with --resume (run {out_dir})") from None
         raise
