@@ -127,6 +127,30 @@ def test_existing_run_needs_resume(trained_run):
     assert again["best_checkpoint"]
 
 
+def test_resume_of_a_finished_run_with_another_epoch_count_says_what_it_does(trained_run):
+    out, _ = trained_run
+    with pytest.raises(ConfigError, match=r"finished its 2 epochs; this recipe asks for 4.*never extended.*--overwrite"):
+        train_fold(tiny_recipe(epochs=4), out, data_options=PHANTOMS, resume=True, **QUIET)
+    with pytest.raises(ConfigError, match=r"another recipe \(optimizer.lr: 0.01 -> 0.02\)"):
+        train_fold(tiny_recipe(optimizer={"name": "adam", "lr": 0.02}), out, data_options=PHANTOMS,
+                   resume=True, **QUIET)
+    # other images under the same ids (another phantom seed): refused, not reused
+    with pytest.raises(ConfigError, match="other images or masks"):
+        train_fold(tiny_recipe(), out, data_options={**PHANTOMS, "seed": 7}, resume=True, **QUIET)
+
+
+def test_cli_train_resume_of_a_finished_run_says_it_is_reused(trained_run, tmp_path, capsys, caplog):
+    import logging
+
+    out, result = trained_run
+    recipe = _write_recipe(tmp_path / "tiny.yaml")
+    with caplog.at_level(logging.INFO, logger="busseg"):
+        code, _ = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "24", "--accelerator", "cpu",
+                        "--no-progress", "--resume", "--out", str(out)], capsys)
+    assert code == 0
+    assert "already finished with this recipe, data and split; its result is reused" in caplog.text
+
+
 class _SimulatedCrash(RuntimeError):
     pass
 
@@ -186,6 +210,51 @@ def test_cv_and_evaluate(tmp_path):
                          data_options={"n": 12, "seed": 99}, subset="all", ensemble=True, tta=True)
     assert other["subset"] == "all" and other["n_models"] == 2
     assert other["ensemble"]["n_images"] == 12
+
+
+def _folder_state(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.suffix in (".json", ".csv", ".yaml")}
+
+
+def test_cv_rerun_reuses_only_folds_of_the_same_recipe_data_and_split(tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "cv"
+    first = cross_validate(tiny_recipe(epochs=1), out, data_options=PHANTOMS, **QUIET)
+    before = _folder_state(out)
+    # the same settings: both folds reused, nothing rewritten but the summary
+    with caplog.at_level(logging.INFO, logger="busseg"):
+        again = cross_validate(tiny_recipe(epochs=1), out, data_options=PHANTOMS, **QUIET)
+    assert again == first and caplog.text.count("its result is reused") == 2
+    # other epochs, another recipe field, other data, another split: refused, nothing changed
+    with pytest.raises(ConfigError, match=r"fold_0 holds a run that finished its 1 epochs; this recipe asks for 2"):
+        cross_validate(tiny_recipe(epochs=2), out, data_options=PHANTOMS, **QUIET)
+    with pytest.raises(ConfigError, match=r"fold_0 holds a finished run of another recipe \(batch_size: 4 -> 8\)"):
+        cross_validate(tiny_recipe(epochs=1, batch_size=8), out, data_options=PHANTOMS, **QUIET)
+    with pytest.raises(ConfigError, match="other images or masks|another split"):
+        cross_validate(tiny_recipe(epochs=1), out, data_options={**PHANTOMS, "seed": 5}, **QUIET)
+    with pytest.raises(ConfigError, match=r"split.json holds another split"):
+        cross_validate(tiny_recipe(epochs=1, seed=4), out, data_options=PHANTOMS, **QUIET)
+    assert _folder_state(out) == before, "a refused rerun changed the cv folder"
+    # a fold left over from another recipe is refused even when only the other fold is new
+    import shutil
+
+    shutil.rmtree(out / "fold_1")
+    with pytest.raises(ConfigError, match="fold_0"):
+        cross_validate(tiny_recipe(epochs=2), out, data_options=PHANTOMS, **QUIET)
+    assert not (out / "fold_1" / "result.json").exists(), "trained a fold before refusing another"
+    # asked to retrain: every fold under the new recipe, one consistent summary
+    new = cross_validate(tiny_recipe(epochs=2), out, data_options=PHANTOMS, overwrite=True, **QUIET)
+    for k in (0, 1):
+        assert json.loads((out / f"fold_{k}" / "result.json").read_text())["epochs_run"] == 2
+    assert new["folds"] == [0, 1]
+
+
+def test_cv_refuses_unknown_folds_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="fold 5 does not exist"):
+        cross_validate(tiny_recipe(epochs=1), tmp_path / "cv", folds=[0, 5], data_options=PHANTOMS, **QUIET)
+    assert not (tmp_path / "cv" / "fold_0").exists()
 
 
 def test_multitask_training_reports_classification(tmp_path):

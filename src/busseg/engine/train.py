@@ -173,6 +173,42 @@ def _monitor(recipe: dict) -> tuple[str, str]:
     return monitor, mode
 
 
+def _fold_assignment(split: dict) -> list[tuple[list[str], list[str], list[str]]]:
+    return [tuple(sorted(fold[part]) for part in ("train", "val", "test")) for fold in split["folds"]]
+
+
+def check_same_split(path: Path, split: dict) -> None:
+    """Refuse to replace the split file of a cv folder with another split."""
+    if not path.is_file():
+        return
+    saved = load_split(path)
+    if _fold_assignment(saved) == _fold_assignment(split):
+        return
+    why = (f"{len(saved['folds'])} folds, not {len(split['folds'])}" if len(saved["folds"]) != len(split["folds"])
+           else "the folds hold other images")
+    raise ConfigError(
+        f"{path} holds another split than this run would use ({why}); its folds were trained on it. "
+        f"Reuse it with --split {path}, pass --overwrite to retrain every fold on the new split, "
+        "or choose another --out")
+
+
+def check_existing_folds(out_dir: Path, folds: list[int], recipe: dict, dataset: str,
+                         prepared: PreparedData, split: dict, resume: bool) -> None:
+    """Before any fold trains: every fold folder that already holds a run must belong to this
+    recipe, data and split (finished folds are reused, interrupted ones need ``resume``)."""
+    for k in folds:
+        fold_dir = out_dir / f"fold_{k}"
+        state = existing_run_state(fold_dir)
+        if state is None:
+            continue
+        if state == "started" and not resume:
+            raise ConfigError(f"{fold_dir} holds an interrupted run; pass --resume to continue it, "
+                              "--overwrite to train it again, or choose another --out")
+        check_same_recipe(fold_dir, recipe, finished=state == "finished")
+        train_ids, val_ids, test_ids = fold_ids(split, k)
+        check_same_run(fold_dir, dataset, prepared.subset(train_ids + val_ids + test_ids).fingerprint(), split, k)
+
+
 def last_epoch_checkpoint(directory: Path) -> ModelCheckpoint:
     """``last.ckpt`` after every finished epoch. (Lightning's ``save_last`` writes it only in
     epochs where the monitored checkpoint is saved, i.e. when validation improves, so a resume
@@ -490,15 +526,32 @@ def cross_validate(
     folds: list[int] | None = None,
     data_options: dict | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     **trainer_options,
 ) -> dict[str, Any]:
-    """Train and test every fold of a split (finished folds are skipped with ``resume``), then
-    write ``cv_summary.json`` (mean ± std across folds) and ``cv_per_image.csv``."""
+    """Train and test every fold of a split, then write ``cv_summary.json`` (mean ± std across
+    folds) and ``cv_per_image.csv``.
+
+    Rerunning into the same ``out_dir``: a finished fold is reused, and an interrupted one is
+    continued with ``resume``, only when its recipe, data and split are the ones given here;
+    otherwise nothing is trained and a :class:`ConfigError` says what differs (``overwrite``
+    trains the folds again under the new settings). ``split.json`` is never replaced by another
+    split, so the summary never mixes folds of different settings."""
     out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the runs in --out, --overwrite discards them: choose one")
+    _check_trainable(recipe)
+    prepare_output_dir(out_dir)
     prepared = load_dataset(dataset, root, recipe, data_options)
     split = resolve_split(split, prepared, recipe, dataset)
-    save_split(split, out_dir / "split.json")
     folds = list(range(len(split["folds"]))) if folds is None else folds
+    missing = [k for k in folds if not 0 <= k < len(split["folds"])]
+    if missing:
+        raise ConfigError(f"fold {missing[0]} does not exist; the split has {len(split['folds'])} folds")
+    if not overwrite:
+        check_same_split(out_dir / "split.json", split)
+        check_existing_folds(out_dir, folds, recipe, dataset, prepared, split, resume)
+    save_split(split, out_dir / "split.json")
     results = []
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"
@@ -506,7 +559,7 @@ def cross_validate(
         log.info("fold %d/%d", k + 1, len(folds))
         results.append(train_fold(recipe, fold_dir, dataset=dataset, root=root, split=split, fold=k,
                                   prepared=prepared, data_options=data_options, resume=fold_resume,
-                                  **trainer_options))
+                                  overwrite=overwrite, **trainer_options))
     if not _is_main_process():
         return {}
     return summarize_cv(out_dir, recipe, folds)
