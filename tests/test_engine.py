@@ -98,6 +98,67 @@ def test_recipe_overrides_and_errors(tmp_path):
         load_recipe(bad)
 
 
+BAD_NESTED_FIELDS = [
+    ("optimizer.lr=-1", r"optimizer.lr must be in \(0, inf\]"),
+    ("optimizer.momentum=0.9", r"unknown option\(s\) \['momentum'\] in optimizer; known: .*betas"),
+    ("optimizer.betas=[0.9]", r"optimizer.betas must be a pair"),
+    ("optimizer.betas=[0.9, 1.5]", r"optimizer.betas element 1.5: must be in \[0, 1\)"),
+    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay must be in"),
+    ("optimizer={name: sgd, lr: 0.1, nesterov: 1}", "optimizer.nesterov must be true or false"),
+    ("scheduler={name: step, step_size: 0}", r"scheduler \(step\).step_size must be in \[1, inf\]"),
+    ("scheduler={name: plateau, factor: 2}", r"scheduler \(plateau\).factor must be in \(0, 1\)"),
+    ("scheduler={name: plateau, patience: 2.5}", "patience must be an integer"),
+    ("scheduler={name: cosine, T_max: 5}", r"unknown option\(s\) \['T_max'\] in scheduler \(cosine\)"),
+    ("scheduler={name: plateau, monitor: val_dcie}", "scheduler .*monitor must be one of"),
+    ("augmentation.hflip=1.5", r"augmentation.hflip must be in \[0, 1\], got 1.5"),
+    ("augmentation.rotate=-0.1", r"augmentation.rotate must be in \[0, 1\]"),
+    ("augmentation.rotate_deg=[30, 10]", "augmentation.rotate_deg must be \\[min, max\\]"),
+    ("augmentation.scale=[0, 1.2]", "augmentation.scale element 0"),
+    ("augmentation.brightness=2", r"augmentation.brightness must be in \[0, 1\]"),
+    ("augmentation.flip=0.5", r"unknown option\(s\) \['flip'\] in augmentation"),
+    ("validation.fraction=1.5", "validation.fraction must be in"),
+    ("validation.monitor=dice", "validation.monitor must be one of"),
+    ("validation.patience=3", r"unknown option\(s\) \['patience'\] in validation"),
+    ("early_stopping={patience: 0}", r"early_stopping.patience must be in \[1, inf\]"),
+    ("early_stopping={patience: 5, min_delta: 0.01}", r"unknown option\(s\) \['min_delta'\] in early_stopping"),
+    ("postprocess={min_size: -3}", "postprocess"),
+    ("image_size=100000", "field 'image_size' must be in"),
+    ("image_size=4", "field 'image_size' must be in"),
+    ("batch_size=0", "field 'batch_size' must be in"),
+    ("cv_folds=1", "field 'cv_folds' must be in"),
+    ("seed=-1", "field 'seed' must be in"),
+    ("epochs=2.5", "field 'epochs' must be int"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_NESTED_FIELDS)
+def test_recipe_validation_covers_nested_fields_and_ranges(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(tiny_recipe(), [override], "command line")
+
+
+def test_recipe_model_and_loss_options_fail_before_any_data_is_loaded(tmp_path, monkeypatch):
+    import busseg.engine.train as train_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the recipe was checked")
+
+    monkeypatch.setattr(train_module, "load_dataset", no_data)
+    for recipe, message in (
+        (tiny_recipe(model_options={"widht": 4}), r"model 'test_tiny' has no option\(s\) \['widht'\] \(model_options\); its options: dropout"),
+        (tiny_recipe(loss={"name": "segmentation", "pixel": "no_such_loss"}), "no_such_loss"),
+        (tiny_recipe(loss={"name": "segmentation", "pixel": "bce_dice", "smoth": 1}), "smoth"),
+        (tiny_recipe(encoder_weights="/no/such/weights.pth"), "encoder weights"),
+        (tiny_recipe(validation={"fraction": 0.2, "monitor": "val_acc", "mode": "max"}),
+         "validation.monitor 'val_acc': model 'test_tiny' has no classification output"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train_fold(recipe, tmp_path / "never", data_options=PHANTOMS, **QUIET)
+        with pytest.raises(ConfigError, match=message):
+            cross_validate(recipe, tmp_path / "never_cv", data_options=PHANTOMS, **QUIET)
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never_cv").exists()
+
+
 # ---------------------------------------------------------------- training
 
 

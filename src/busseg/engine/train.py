@@ -41,7 +41,7 @@ from busseg.engine.evaluate import evaluate_models, load_checkpoint
 from busseg.engine.io import atomic_torch_save, atomic_write_json
 from busseg.engine.recipe import save_recipe
 from busseg.engine.runinfo import command_line, library_versions, timestamp
-from busseg.engine.task import SegmentationTask
+from busseg.engine.task import SegmentationTask, check_buildable
 from busseg.errors import ConfigError
 from busseg.fileio import prepare_output_dir
 from busseg.metrics.aggregate import summarize_folds
@@ -156,12 +156,24 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
 
 
 def _check_trainable(recipe: dict) -> None:
+    """Everything about the recipe that can be checked before data is loaded: the model and
+    its options, the loss, the image size the model accepts, metrics it can report."""
     info = model_info(recipe["model"])
     if recipe["image_size"] % info.size_divisor:
         raise ConfigError(
             f"model {recipe['model']!r} needs an image size divisible by {info.size_divisor}; "
             f"recipe image_size is {recipe['image_size']}"
         )
+    check_buildable(recipe)
+    watched = {"validation.monitor": _monitor(recipe)[0],
+               "scheduler.monitor": recipe["scheduler"].get("monitor"),
+               "early_stopping.monitor": (recipe["early_stopping"] or {}).get("monitor")}
+    classifies = info.multitask or not info.segments
+    for field, metric in watched.items():
+        if metric in ("val_dice", "val_iou") and not info.segments:
+            raise ConfigError(f"recipe {field} {metric!r}: model {recipe['model']!r} has no segmentation output")
+        if metric == "val_acc" and not classifies:
+            raise ConfigError(f"recipe {field} {metric!r}: model {recipe['model']!r} has no classification output")
 
 
 def _monitor(recipe: dict) -> tuple[str, str]:
