@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from busseg.cli._common import (add_dataset_options, add_recipe_options, add_trainer_options,
-                                data_options, resolve_recipe, trainer_options)
+                                data_options, parse_folds, resolve_recipe, trainer_options)
 
 
 def register(sub) -> None:
@@ -48,8 +48,8 @@ def format_cv(cv: dict) -> str:
 def run(args) -> int:
     from busseg.engine.train import cross_validate
 
+    folds = parse_folds(args.folds)
     recipe = resolve_recipe(args)
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     cv = cross_validate(recipe, args.out, dataset=args.dataset, root=args.root, split=args.split, folds=folds,
                         data_options=data_options(args), resume=args.resume, overwrite=args.overwrite,
                         **trainer_options(args))

@@ -46,7 +46,7 @@ from busseg.fileio import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 #: Bumped whenever decoding/resizing changes, so that old cache entries are not reused.
-PREPROCESS_VERSION = "prepare/1"
+PREPROCESS_VERSION = "prepare/2"  # 2: EXIF orientation honoured
 NORMALIZATION_MODES = ("minmax", "zscore", "imagenet")
 #: ImageNet mean/std of the RGB channels averaged to one grey channel.
 IMAGENET_GRAY_MEAN = 0.449
