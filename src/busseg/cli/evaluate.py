@@ -49,11 +49,9 @@ def parse_postprocess(text):
 def run(args) -> int:
     from busseg.cli.cv import format_cv
     from busseg.engine.evaluate import evaluate_run
-    from busseg.fileio import prepare_output_dir
 
     options = data_options(args)
     postprocess = parse_postprocess(args.postprocess)
-    prepare_output_dir(args.out)
     result = evaluate_run(args.run, args.out, dataset=args.dataset, root=args.root, data_options=options,
                           subset=args.subset, tta=args.tta, postprocess=postprocess,
                           ensemble=args.ensemble, device=args.device, include_normal=args.include_normal,

@@ -21,6 +21,7 @@ from busseg.data.preprocess import PreparedData
 from busseg.engine.data import InMemoryTensors
 from busseg.engine.io import atomic_write_json, atomic_write_text
 from busseg.errors import CheckpointError, ConfigError
+from busseg.fileio import prepare_output_dir
 from busseg.metrics.aggregate import summarize_per_image
 from busseg.metrics.classification import classification_metrics
 from busseg.metrics.segmentation import segmentation_metrics
@@ -280,6 +281,7 @@ def evaluate_run(
     if ensemble and subset != "all":
         raise ConfigError("--ensemble scores the mean of the fold models on every image; here each fold model is "
                           "scored on its own test fold (subset 'test'): pass --subset all to ensemble")
+    prepare_output_dir(out_dir)
     prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
     per_model, all_rows = [], []
     for fold, ckpt in checkpoints:
