@@ -424,14 +424,20 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_cli_train_into_a_path_that_is_a_file(tmp_path, capsys):
+def _cli_train_tiny_fails(tmp_path, out, capsys) -> str:
+    """``busseg train`` of the tiny recipe into ``out``: asserts exit status 2 and one error
+    line without a traceback, and returns that line."""
     recipe = _write_recipe(tmp_path / "tiny.yaml")
+    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
+                      "--no-progress", "--out", str(out)], capsys)
+    assert code == 2
+    return _one_line_error(err)
+
+
+def test_cli_train_into_a_path_that_is_a_file(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.write_text("not a folder")
-    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
-                      "--no-progress", "--out", str(taken)], capsys)
-    assert code == 2
-    line = _one_line_error(err)
+    line = _cli_train_tiny_fails(tmp_path, taken, capsys)
     assert str(taken) in line and "is a file" in line
     assert taken.read_text() == "not a folder"
 
@@ -485,12 +491,8 @@ def unwritable_dir(tmp_path, monkeypatch):
 
 
 def test_cli_train_into_a_folder_without_write_permission(tmp_path, unwritable_dir, capsys):
-    recipe = _write_recipe(tmp_path / "tiny.yaml")
     out = unwritable_dir / "run"
-    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
-                      "--no-progress", "--out", str(out)], capsys)
-    assert code == 2
-    line = _one_line_error(err)
+    line = _cli_train_tiny_fails(tmp_path, out, capsys)
     assert str(out) in line and ("permission denied" in line or "not permitted" in line)
     assert not list(unwritable_dir.iterdir())
 
@@ -510,15 +512,10 @@ def test_cli_train_on_a_full_disk_ends_failed_with_one_line(tmp_path, capsys, mo
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
-    recipe = _write_recipe(tmp_path / "tiny.yaml")
     out = tmp_path / "run"
-    code, err = _cli(["train", "--recipe", str(recipe), "--n-phantoms", "16", "--accelerator", "cpu",
-                      "--no-progress", "--out", str(out)], capsys)
-    assert code == 2
-    line = _one_line_error(err)
+    line = _cli_train_tiny_fails(tmp_path, out, capsys)
     assert ".ckpt" in line and "disk full" in line
-    assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
-    assert not list(out.rglob("*.tmp")) and not (out / "result.json").exists()
+    assert not list(out.rglob("*.ckpt")) and not list(out.rglob("*.tmp")) and not (out / "result.json").exists()
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "failed" and "disk full" in run["reason"]
 

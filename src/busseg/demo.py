@@ -39,7 +39,8 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     from busseg.data.audit import audit_dataset
     from busseg.data.preprocess import prepare
     from busseg.data.splits import fold_ids, make_split, save_split
-    from busseg.engine.train import check_same_split, train_fold
+    from busseg.engine.rundir import check_same_split
+    from busseg.engine.train import train_fold
     from busseg.fileio import prepare_output_dir
     from busseg.metrics.aggregate import summarize_per_image
     from busseg.metrics.segmentation import segmentation_metrics
