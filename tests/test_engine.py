@@ -520,6 +520,48 @@ def test_cli_train_on_a_full_disk_ends_failed_with_one_line(tmp_path, capsys, mo
     assert run["status"] == "failed" and "disk full" in run["reason"]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a file system with 256 KiB free: a real tmpfs where this machine lets the
+    tests mount one, else the process's file-size limit (RLIMIT_FSIZE) for the command run
+    there, which makes writes fail in the kernel the same way (EFBIG instead of ENOSPC).
+    Yields ``(folder, preexec_fn for subprocess)``."""
+    import resource
+    import signal as _signal
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+
+    def limit_file_size():
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    yield folder, (None if mounted else limit_file_size)
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_cli_train_on_a_really_full_disk(tmp_path, small_disk):
+    """End to end through the real file system: the checkpoint does not fit."""
+    folder, preexec = small_disk
+    out = folder / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "busseg", "train", "--model", "unet", "--image-size", "32", "--epochs", "1",
+         "--batch-size", "4", "--set", "model_options.base_channels=4", "--n-phantoms", "12",
+         "--accelerator", "cpu", "--no-progress", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, preexec_fn=preexec,
+        env={**__import__("os").environ, "BUSSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+             "BUSSEG_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("busseg: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert ".ckpt: cannot write (" in errors[0], errors[0]
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.ckpt"))
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
 def test_run_json_records_a_failure_after_training(tmp_path, monkeypatch):
     """A failure while testing the selected model (after fit) no longer leaves 'running'."""
     import busseg.engine.train as train_module

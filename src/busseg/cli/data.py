@@ -42,6 +42,8 @@ def _records(args):
 def _audit(args) -> int:
     from busseg.data import audit_dataset
 
+    if args.max_items < 0:
+        raise ConfigError(f"--max-items must be >= 0, got {args.max_items}")
     if args.out is not None:
         prepare_output_file(args.out)
 

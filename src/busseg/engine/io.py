@@ -15,10 +15,20 @@ from busseg.fileio import atomic_write, atomic_write_bytes, atomic_write_json, a
 
 
 def _torch_save_to(obj: Any, tmp: Path) -> None:
-    # Through a Python file object: a full disk then raises OSError(ENOSPC); given a path,
-    # torch's own writer reports it as an opaque RuntimeError ("unexpected pos ...").
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+    # Through a Python file object, so that a full disk raises OSError(ENOSPC) from our write;
+    # given a path, torch's own writer reports it as an opaque RuntimeError ("unexpected pos
+    # ..."). Even so, torch's zip writer may raise that RuntimeError while unwinding from the
+    # OSError: the OSError is what happened, so it is the one raised.
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as exc:
+        cause = exc.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
