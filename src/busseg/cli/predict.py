@@ -41,7 +41,9 @@ def register(sub) -> None:
                      help="checkpoint, train run or cv folder (repeat to ensemble several)")
     src.add_argument("--onnx", dest="onnx_models", action="append", metavar="PATH",
                      help="ONNX file or folder of ONNX files written by `busseg export` (run by onnxruntime)")
-    p.add_argument("--fold", type=int, default=None, help="with a cv folder given by --model: use only this fold's model (with --onnx, pass that fold's file)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="with a cv folder given by --model: use only this fold's model (with --onnx, pass that "
+                        "fold's file)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: mean of the identity, horizontal and vertical flips")
     p.add_argument("--postprocess", default=None, metavar="SPEC",
