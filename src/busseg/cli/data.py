@@ -74,7 +74,9 @@ def _usable_records(records, report, lenient: bool):
     if not report.flagged:
         return records
     lines = [f"  {problem}" for problems in report.flagged.values() for problem in problems]
-    listed = "\n".join(lines[:MAX_LISTED]) + (f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
+    listed = "\n".join(lines[:MAX_LISTED])
+    if len(lines) > MAX_LISTED:
+        listed += f"\n  ... and {len(lines) - MAX_LISTED} more"
     if not lenient:
         raise DataError(
             f"{len(report.flagged)} image(s) have problems the audit reports; a split would hand them to training:\n"
