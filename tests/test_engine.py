@@ -191,7 +191,8 @@ def test_existing_run_needs_resume(trained_run):
 
 def test_resume_of_a_finished_run_with_another_epoch_count_says_what_it_does(trained_run):
     out, _ = trained_run
-    with pytest.raises(ConfigError, match=r"finished its 2 epochs; this recipe asks for 4.*never extended"):
+    with pytest.raises(ConfigError, match=r"finished its 2 epochs; this recipe asks for 4"
+                                          r".*never extended.*--overwrite"):
         train_fold(tiny_recipe(epochs=4), out, data_options=PHANTOMS, resume=True, **QUIET)
     with pytest.raises(ConfigError, match=r"another recipe \(optimizer.lr: 0.01 -> 0.02\)"):
         train_fold(tiny_recipe(optimizer={"name": "adam", "lr": 0.02}), out, data_options=PHANTOMS,
