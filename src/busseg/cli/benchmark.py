@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from busseg.cli._common import add_trainer_options
+from busseg.cli._common import add_trainer_options, data_options, parse_folds
 
 _EPILOG_RUN = """examples:
   # every model with a recipe, fixed CPU budget, on BUSI (smoke comparison, not paper numbers)
@@ -123,7 +123,7 @@ def _common(args) -> dict:
     devices = args.devices if args.devices == "auto" else int(args.devices)
     return dict(dataset=args.dataset, root=args.root, protocol=protocol, overrides=args.overrides, k=args.k,
                 recipes=recipes or None,
-                data_options={"n": args.n_phantoms} if args.dataset == "phantom" and args.n_phantoms else None,
+                data_options=data_options(args) or None,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, precision=args.precision,
                 progress=not args.no_progress)
 
@@ -146,10 +146,11 @@ def _run(args) -> int:
 
     options = _common(args)
     if args.dry_run:
+        parse_folds(args.folds)
         parse_cross(args.cross)
         _print_plan(_resolve_models(args.models), options)
         return 0
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folds = parse_folds(args.folds)
     record = run_benchmark(args.out, _resolve_models(args.models), folds=folds, split=args.split,
                            cross=parse_cross(args.cross), complexity=not args.no_complexity,
                            report=not args.no_report, **options)
@@ -163,6 +164,10 @@ def _run(args) -> int:
 def _report(args) -> int:
     from busseg.report.compose import build_report
 
+    if args.cases and args.no_qualitative:
+        from busseg.errors import ConfigError
+
+        raise ConfigError("--cases chooses the images of the qualitative grid, which --no-qualitative leaves out")
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     paths = build_report(args.results, cases=cases, alpha=args.alpha, qualitative=not args.no_qualitative)
     print(f"wrote {paths['markdown']}, {paths['html']}")

@@ -24,6 +24,47 @@ def build_model_from_recipe(recipe: dict, encoder_weights: str | None = None) ->
     )
 
 
+def _check_model_option_names(recipe: dict) -> None:
+    import inspect
+
+    from busseg.errors import ConfigError
+
+    parameters = inspect.signature(model_info(recipe["model"]).factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # the factory takes anything: building it (below) is the check
+    options = sorted(k for k in parameters if k not in ("in_channels", "encoder_weights"))
+    reserved = sorted({"in_channels", "encoder_weights"} & set(recipe["model_options"]))
+    if reserved:
+        raise ConfigError(f"recipe: model_options {reserved} are recipe fields of their own; set them there")
+    unknown = sorted(set(recipe["model_options"]) - set(options))
+    if unknown:
+        raise ConfigError(f"recipe: model {recipe['model']!r} has no option(s) {unknown} (model_options); "
+                          f"its options: {', '.join(options) or 'none'}")
+
+
+def check_buildable(recipe: dict) -> None:
+    """Build the recipe's model and objective on the meta device (no memory, no weights, the
+    random state restored) so that a wrong model or loss option is reported before any data is
+    loaded or any epoch runs; a bad ``encoder_weights`` value is reported too."""
+    from busseg.errors import ConfigError
+    from busseg.models.weights import validate_weights_spec
+
+    validate_weights_spec(recipe["encoder_weights"])
+    _check_model_option_names(recipe)
+    for what, build in (
+        (f"model {recipe['model']!r} with model_options {recipe['model_options']}",
+         lambda: build_model_from_recipe(recipe, encoder_weights="none")),
+        (f"loss {recipe['loss']}", lambda: create_objective(**recipe["loss"])),
+    ):
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                build()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, KeyError, AssertionError) as exc:
+            raise ConfigError(f"recipe: {what} cannot be built ({type(exc).__name__}: {exc})") from None
+
+
 def per_image_dice_iou(
     logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:

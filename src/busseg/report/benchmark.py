@@ -173,6 +173,10 @@ def plan_benchmark(models: Sequence[str], protocol: Protocol, *, k: int | None =
     if k is None:
         k = benchmark_recipe(models[0], protocol, base=bases.get(models[0]))["cv_folds"] if protocol.name != "paper" else 5
     planned = {m: benchmark_recipe(m, protocol, k, bases.get(m)) for m in models}
+    from busseg.engine.task import check_buildable
+
+    for recipe in planned.values():  # model and loss options, before the first model trains
+        check_buildable(recipe)
     if len({r["include_normal"] for r in planned.values()}) > 1:
         raise ConfigError("benchmark: the recipes disagree on include_normal; one split needs one image set "
                           "(set it in the protocol, e.g. --set include_normal=false)")
