@@ -209,6 +209,12 @@ def test_protocols():
     assert recipe["optimizer"]["lr"] == 0.01  # the method's optimiser is kept
     with pytest.raises(ConfigError, match="neither 'paper', 'quick'"):
         resolve_protocol("fast")
+    # a model option no model accepts is refused while planning, before the first model trains
+    from busseg.report.benchmark import plan_benchmark
+
+    with pytest.raises(ConfigError, match=r"no option\(s\) \['widht'\]"):
+        plan_benchmark(["bench_small"], resolve_protocol("quick", ["model_options={widht: 4}"]), k=2,
+                       recipes={"bench_small": RECIPES["bench_small"]})
 
 
 def test_cli_quick_run_labels_the_report_and_records_failures(tmp_path, capsys):

@@ -208,6 +208,32 @@ def test_mixed_folder_writes_right_files_and_reports_bad_ones(checkpoint, mixed_
     assert len(csv_lines) == 7 and csv_lines[0].startswith("id,file,height,width")
 
 
+def test_full_disk_stops_predict_with_one_line(checkpoint, mixed_folder, tmp_path, capsys, monkeypatch):
+    """Writing an output fails (disk full): not 'skipped' image after image, but one line naming
+    the file, exit 2, and no temporary file left behind."""
+    import errno
+    import os
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    real_write_bytes = Path.write_bytes
+
+    def disk_full_for_masks(self, data):
+        if "masks" in self.parts:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_for_masks)
+    code = cli_main(["predict", "--model", str(checkpoint), str(mixed_folder / "a.png"), str(mixed_folder / "b.png"),
+                     "--out", str(out), "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("busseg: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "masks" in lines[0] and "disk full" in lines[0]
+    assert not list(out.rglob("*.tmp"))
+
+
 def test_masks_follow_training_preprocessing_exactly(checkpoint, mixed_folder, tmp_path):
     out = tmp_path / "out"
     predict(checkpoint, [mixed_folder / "a.png", mixed_folder / "scan.dcm"], out, progress=False)

@@ -34,17 +34,19 @@ def otsu_baseline_masks(images: np.ndarray) -> np.ndarray:
 
 
 def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 100, image_size: int = 96,
-             epochs: int = 15, model: str = "unet", progress: bool = True) -> dict:
+             epochs: int = 15, model: str = "unet", progress: bool = True, overwrite: bool = False) -> dict:
     from busseg.data import load_records
     from busseg.data.audit import audit_dataset
     from busseg.data.preprocess import prepare
     from busseg.data.splits import fold_ids, make_split, save_split
+    from busseg.engine.rundir import check_same_split
     from busseg.engine.train import train_fold
+    from busseg.fileio import prepare_output_dir
     from busseg.metrics.aggregate import summarize_per_image
     from busseg.metrics.segmentation import segmentation_metrics
 
     started = time.time()
-    out_dir = Path(out_dir)
+    out_dir = prepare_output_dir(out_dir)
     print(f"[1/5] phantom dataset: {n_phantoms} B-mode-like images with benign/malignant lesions ({image_size}px)")
     records = load_records("phantom", n=n_phantoms, image_size=image_size, seed=0)
     prepared = prepare(records, image_size=image_size, progress=False)
@@ -59,6 +61,8 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     ], "demo")
     split = make_split(records, k=5, seed=0, val_fraction=recipe["validation"]["fraction"], groups=report.group_map())
     split["dataset"] = "phantom"
+    if not overwrite:  # a rerun with other settings must not replace the split of the run it keeps
+        check_same_split(out_dir / "split.json", split)
     save_split(split, out_dir / "split.json")
     train_ids, val_ids, test_ids = fold_ids(split, 0)
     print(f"      fold 0: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test -> {out_dir / 'split.json'}")
@@ -66,7 +70,7 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     print(f"[4/5] training {model} for {epochs} epochs on CPU (selection on the validation subset)")
     run_dir = out_dir / f"{model}_fold0"
     result = train_fold(recipe, run_dir, split=split, fold=0, prepared=prepared, progress=progress,
-                        accelerator="cpu", resume=(run_dir / "result.json").is_file())
+                        accelerator="cpu", resume=True, overwrite=overwrite)
     seg = result["test"]["segmentation"]
 
     print("[5/5] non-learned baseline (Otsu threshold, largest dark component) on the same test images")

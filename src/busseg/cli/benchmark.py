@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from busseg.cli._common import add_trainer_options
+from busseg.cli._common import add_trainer_options, data_options, parse_folds
 
 _EPILOG_RUN = """examples:
   # every model with a recipe, fixed CPU budget, on BUSI (smoke comparison, not paper numbers)
@@ -127,7 +127,7 @@ def _common(args, models: list[str]) -> dict:
     overrides, model_overrides = split_overrides(args.overrides, models)
     return dict(dataset=args.dataset, root=args.root, protocol=protocol, overrides=overrides, k=args.k,
                 recipes=recipes or None, model_overrides=model_overrides or None,
-                data_options={"n": args.n_phantoms} if args.dataset == "phantom" and args.n_phantoms else None,
+                data_options=data_options(args) or None,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, precision=args.precision,
                 progress=not args.no_progress)
 
@@ -158,10 +158,11 @@ def _run(args) -> int:
     models = _resolve_models(args.models)
     options = _common(args, models)
     if args.dry_run:
+        parse_folds(args.folds)
         parse_cross(args.cross)
         _print_plan(models, options, args.out)
         return 0
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folds = parse_folds(args.folds)
     record = run_benchmark(args.out, models, folds=folds, split=args.split,
                            cross=parse_cross(args.cross), complexity=not args.no_complexity,
                            report=not args.no_report, **options)
@@ -175,6 +176,10 @@ def _run(args) -> int:
 def _report(args) -> int:
     from busseg.report.compose import build_report
 
+    if args.cases and args.no_qualitative:
+        from busseg.errors import ConfigError
+
+        raise ConfigError("--cases chooses the images of the qualitative grid, which --no-qualitative leaves out")
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     paths = build_report(args.results, cases=cases, alpha=args.alpha, qualitative=not args.no_qualitative)
     print(f"wrote {paths['markdown']}, {paths['html']}")

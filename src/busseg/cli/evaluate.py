@@ -50,8 +50,10 @@ def run(args) -> int:
     from busseg.cli.cv import format_cv
     from busseg.engine.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, args.out, dataset=args.dataset, root=args.root, data_options=data_options(args),
-                          subset=args.subset, tta=args.tta, postprocess=parse_postprocess(args.postprocess),
+    options = data_options(args)
+    postprocess = parse_postprocess(args.postprocess)
+    result = evaluate_run(args.run, args.out, dataset=args.dataset, root=args.root, data_options=options,
+                          subset=args.subset, tta=args.tta, postprocess=postprocess,
                           ensemble=args.ensemble, device=args.device, include_normal=args.include_normal,
                           figures=args.figures)
     if "segmentation" in result:

@@ -41,9 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     except BussegError as exc:
         print(f"busseg: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("busseg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"busseg: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the OS refused: one line naming it, no traceback
+        from busseg.fileio import os_error_line
+
+        print(f"busseg: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

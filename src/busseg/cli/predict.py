@@ -41,7 +41,9 @@ def register(sub) -> None:
                      help="checkpoint, train run or cv folder (repeat to ensemble several)")
     src.add_argument("--onnx", dest="onnx_models", action="append", metavar="PATH",
                      help="ONNX file or folder of ONNX files written by `busseg export` (run by onnxruntime)")
-    p.add_argument("--fold", type=int, default=None, help="with a cv folder: use only this fold's model")
+    p.add_argument("--fold", type=int, default=None,
+                   help="with a cv folder given by --model: use only this fold's model (with --onnx, pass that "
+                        "fold's file)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: mean of the identity, horizontal and vertical flips")
     p.add_argument("--postprocess", default=None, metavar="SPEC",
@@ -71,11 +73,18 @@ def parse_postprocess(text: str | None):
 
 
 def run(args) -> int:
+    from busseg.errors import ConfigError
+    from busseg.fileio import prepare_output_dir
     from busseg.inference.predict import predict
 
     onnx = bool(args.onnx_models)
+    if onnx and args.fold is not None:
+        raise ConfigError("--fold picks one model of a cv folder given with --model; with --onnx pass that "
+                          "fold's file (fold_<k>.onnx) instead")
+    postprocess = parse_postprocess(args.postprocess)
+    prepare_output_dir(args.out)
     summary = predict(args.onnx_models if onnx else args.models, args.inputs, args.out, onnx=onnx,
-                      fold=args.fold, tta=args.tta, postprocess=parse_postprocess(args.postprocess),
+                      fold=args.fold, tta=args.tta, postprocess=postprocess,
                       pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None,
                       batch_size=args.batch_size, workers=args.workers, device=args.device,
                       overlays=not args.no_overlays, save_probabilities=args.save_probabilities,

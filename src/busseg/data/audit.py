@@ -117,6 +117,8 @@ class AuditReport:
     labels: dict[str, str] = field(default_factory=dict, repr=False)
     patient_groups: dict[str, str | None] = field(default_factory=dict, repr=False)
     min_distances: dict[str, int] = field(default_factory=dict, repr=False)
+    #: record id -> its problems (``"<file>: <problem>"``): the images ``data split`` refuses.
+    flagged: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def group_map(self) -> dict[str, str]:
         """id -> split group: records linked by a duplicate cluster OR a shared patient id
@@ -166,6 +168,7 @@ class AuditReport:
             "empty_masks": self.empty_masks,
             "multiple_masks": self.multiple_masks,
             "problems": [{"path": p, "problem": m} for p, m in self.problems],
+            "flagged_ids": sorted(self.flagged),
             "exact_duplicates": self.exact_duplicates,
             "near_duplicate_threshold": self.near_duplicate_threshold,
             "hash_size": self.hash_size,
@@ -220,6 +223,15 @@ class AuditReport:
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _flagged_records(records: Sequence[SampleRecord], problems: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each problem (named by one of a record's files) attached to that record's id."""
+    owner = {str(path): r.id for r in records for path in (r.image_path, *r.mask_paths)}
+    flagged: dict[str, list[str]] = {}
+    for path, message in problems:
+        flagged.setdefault(owner.get(path, path), []).append(f"{path}: {message}")
+    return flagged
 
 
 def audit_dataset(
@@ -335,6 +347,7 @@ def audit_dataset(
             mask_conflicts.append(cluster)
 
     return AuditReport(
+        flagged=_flagged_records(records, problems),
         dataset=dataset,
         n_records=len(records),
         class_counts=dict(sorted(Counter(r.label for r in records).items())),

@@ -14,7 +14,10 @@ Conventions (chosen here because the dataset descriptions leave them open):
 - Images with more than 8 bits (16-bit PNG/TIFF, DICOM with ``BitsStored > 8``, float TIFF)
   are rescaled linearly from their own [min, max] range to [0, 255], with a warning: scanners
   rarely use the full 16-bit range, so dividing by 257 would give an almost black image.
-- EXIF orientation tags are ignored: masks are drawn on the stored pixel grid.
+- An EXIF orientation tag (phone and some scanner exports) is honoured for images and masks
+  alike: pixels are read turned the way image viewers show them, which is how annotators saw
+  the scan when they drew its mask. A mask tagged like its image, and a mask drawn on the image
+  as shown (untagged), both land on the lesion.
 - A multi-frame file (cine DICOM, multi-page TIFF) is refused: which frame carries the lesion
   is not something a reader can guess.
 - Masks: any value > 0 in any colour channel is lesion. For a mask whose colour channels are
@@ -28,12 +31,13 @@ Conventions (chosen here because the dataset descriptions leave them open):
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from busseg.errors import DataError
 
@@ -117,7 +121,28 @@ def _open_pil(path: Path) -> Image.Image:
         raise DataError(f"{path}: truncated or corrupt image data ({exc})") from None
     if img.width == 0 or img.height == 0:
         raise DataError(f"{path}: image has no pixels ({img.width}x{img.height})")
-    return img
+    return _as_shown(img, path)
+
+
+#: EXIF tag 274: how the stored pixels must be turned for display (1 = as stored).
+_EXIF_ORIENTATION = 0x0112
+
+
+def _as_shown(img: Image.Image, path: Path) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (the way viewers show it)."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+        log.debug("%s: unreadable EXIF block ignored (%s)", path, exc)
+        return img
+    if orientation in (None, 1):
+        return img
+    if orientation not in range(2, 9):
+        _warn(f"{path}: EXIF orientation {orientation!r} is not a valid value (1-8); read as stored")
+        return img
+    turned = ImageOps.exif_transpose(img)
+    img.close()
+    return turned
 
 
 def _pil_to_gray(img: Image.Image, path: Path) -> np.ndarray:

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -46,6 +44,7 @@ import numpy as np
 from busseg.data.imageio import DataWarning
 from busseg.data.records import SampleRecord
 from busseg.errors import ConfigError, DataError
+from busseg.fileio import atomic_write_json
 
 SPLIT_FORMAT = "busseg-split/1"
 
@@ -286,17 +285,7 @@ def random_split(
 
 def save_split(split: dict, path: str | Path) -> None:
     """Write ``split`` as indented JSON, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(split, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, split, indent=1)
 
 
 def _validate(split: dict, where: str, *, groups_must_hold: bool = True) -> None:

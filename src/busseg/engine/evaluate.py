@@ -20,7 +20,8 @@ import torch
 from busseg.data.preprocess import PreparedData
 from busseg.engine.data import InMemoryTensors
 from busseg.engine.io import atomic_write_json, atomic_write_text
-from busseg.errors import CheckpointError
+from busseg.errors import CheckpointError, ConfigError
+from busseg.fileio import prepare_output_dir
 from busseg.metrics.aggregate import summarize_per_image
 from busseg.metrics.classification import classification_metrics
 from busseg.metrics.segmentation import segmentation_metrics
@@ -266,6 +267,8 @@ def evaluate_run(
 
     out_dir = Path(out_dir)
     checkpoints = find_fold_checkpoints(run)
+    if ensemble and len(checkpoints) < 2:
+        raise ConfigError(f"--ensemble averages several fold models; {run} holds {len(checkpoints)}")
     first_model, recipe = load_checkpoint(checkpoints[0][1], device=device)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
     trained_on = None
@@ -275,6 +278,10 @@ def evaluate_run(
             break
     if subset == "auto":
         subset = "test" if trained_on == dataset and checkpoints[0][0] is not None else "all"
+    if ensemble and subset != "all":
+        raise ConfigError("--ensemble scores the mean of the fold models on every image; here each fold model is "
+                          "scored on its own test fold (subset 'test'): pass --subset all to ensemble")
+    prepare_output_dir(out_dir)
     prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
     per_model, all_rows = [], []
     for fold, ckpt in checkpoints:

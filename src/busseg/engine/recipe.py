@@ -12,14 +12,15 @@ import copy
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from busseg.data.splits import DEFAULT_VAL_FRACTION
 from busseg.errors import ConfigError
 
-#: Every recipe field, its type(s) and default. Nested dicts are checked one level deep.
+#: Every recipe field, its type(s) and default. Nested sections are checked key by key against
+#: the schemas below (unknown keys and out-of-range values are refused).
 DEFAULTS: dict[str, Any] = {
     "paper": "",
     "model": None,
@@ -66,18 +67,155 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "notes": (str,),
 }
 
-AUGMENTATION_KEYS = {
-    "hflip": (int, float),
-    "vflip": (int, float),
-    "rotate": (int, float),
-    "rotate_deg": (list,),
-    "scale": (list,),
-    "brightness": (int, float),
-    "contrast": (int, float),
-}
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 SCHEDULERS = ("none", "plateau", "poly", "cosine", "step")
 NORMALIZATIONS = ("minmax", "zscore", "imagenet")
+#: Metrics logged every epoch that model selection, early stopping and ReduceLROnPlateau may watch.
+MONITORS = ("val_loss", "val_dice", "val_iou", "val_acc")
+MAX_IMAGE_SIZE = 4096
+
+
+# ------------------------------------------------------------------ nested-field schemas
+#
+# A schema maps each allowed key of a nested recipe section to a check: a function returning
+# None when the value is acceptable, else what is wrong with it. A key missing from a schema
+# is refused (an option the code would silently ignore is a typo or a misunderstanding).
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False, integer: bool = False) -> Callable[[Any], str | None]:
+    """A number (an integer with ``integer``) in the interval given by ``lo``/``hi``."""
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    interval = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+
+    def check(value: Any) -> str | None:
+        if integer and not (isinstance(value, int) and not isinstance(value, bool)):
+            return f"must be an integer, got {value!r}"
+        if not _is_number(value):
+            return f"must be a number, got {value!r}"
+        if value != value or (lo is not None and (value < lo or (lo_open and value == lo))) \
+                or (hi is not None and (value > hi or (hi_open and value == hi))):
+            return f"must be in {interval}, got {value!r}"
+        return None
+
+    return check
+
+
+def pair(element: Callable[[Any], str | None], *, ordered: bool = True) -> Callable[[Any], str | None]:
+    """A ``[a, b]`` list whose elements pass ``element`` (and ``a <= b`` when ``ordered``)."""
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            return f"must be a pair [a, b], got {value!r}"
+        for v in value:
+            problem = element(v)
+            if problem:
+                return f"element {v!r}: {problem}"
+        if ordered and value[0] > value[1]:
+            return f"must be [min, max] with min <= max, got {list(value)!r}"
+        return None
+
+    return check
+
+
+def choice(*options: Any) -> Callable[[Any], str | None]:
+    return lambda value: None if value in options else f"must be one of {', '.join(map(str, options))}; got {value!r}"
+
+
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+
+
+PROBABILITY = number(0, 1)
+NON_NEGATIVE = number(0)
+POSITIVE = number(0, lo_open=True)
+
+_ADAM = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": pair(number(0, 1, hi_open=True), ordered=False),
+         "eps": POSITIVE}
+#: Options of each optimizer (``torch.optim`` keyword arguments) besides ``name``.
+OPTIMIZER_SCHEMAS: dict[str, dict[str, Callable]] = {
+    "adam": {**_ADAM, "amsgrad": boolean},
+    "adamw": {**_ADAM, "amsgrad": boolean},
+    "adamax": dict(_ADAM),
+    "sgd": {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": number(0, 1, hi_open=True),
+            "dampening": PROBABILITY, "nesterov": boolean},
+}
+#: Options of each learning-rate schedule (see ``SegmentationTask.configure_optimizers``).
+SCHEDULER_SCHEMAS: dict[str, dict[str, Callable]] = {
+    "none": {},
+    "plateau": {"factor": number(0, 1, lo_open=True, hi_open=True), "patience": number(0, integer=True),
+                "monitor": choice(*MONITORS, "train_loss"), "mode": choice("min", "max"),
+                "threshold": NON_NEGATIVE, "threshold_mode": choice("rel", "abs"),
+                "cooldown": number(0, integer=True), "min_lr": NON_NEGATIVE, "eps": NON_NEGATIVE},
+    "poly": {"power": POSITIVE},
+    "cosine": {"eta_min": NON_NEGATIVE},
+    "step": {"step_size": number(1, integer=True), "gamma": number(0, 1, lo_open=True)},
+}
+#: Augmentation keys (``busseg.data.augment.BatchAugmenter``): one check per key.
+AUGMENTATION_SCHEMA: dict[str, Callable] = {
+    "hflip": PROBABILITY,
+    "vflip": PROBABILITY,
+    "rotate": PROBABILITY,
+    "rotate_deg": pair(number(0, 180)),
+    "scale": pair(number(0, 10, lo_open=True)),
+    "brightness": number(0, 1),
+    "contrast": number(0, 1),
+}
+VALIDATION_SCHEMA: dict[str, Callable] = {
+    "fraction": number(0, 1, lo_open=True, hi_open=True),
+    "monitor": choice(*MONITORS),
+    "mode": choice("min", "max"),
+}
+#: Early stopping (Lightning ``EarlyStopping``): what ``train_fold`` passes on.
+EARLY_STOPPING_SCHEMA: dict[str, Callable] = {
+    "patience": number(1, integer=True),
+    "monitor": choice(*MONITORS),
+    "mode": choice("min", "max"),
+}
+
+
+def check_section(section: dict, schema: dict[str, Callable], where: str, source: str) -> None:
+    """Refuse keys ``schema`` does not know and values its checks reject, naming the field."""
+    unknown = sorted(set(section) - set(schema))
+    if unknown:
+        known = ", ".join(sorted(schema)) or "none"
+        raise ConfigError(f"{source}: unknown option(s) {unknown} in {where}; known: {known}")
+    for key, value in section.items():
+        problem = schema[key](value)
+        if problem:
+            raise ConfigError(f"{source}: {where}.{key} {problem}")
+
+
+def _check_nested(full: dict, source: str) -> None:
+    opt = full["optimizer"]
+    if opt.get("name") not in OPTIMIZERS:
+        raise ConfigError(f"{source}: optimizer.name must be one of {OPTIMIZERS}, got {opt.get('name')!r}")
+    if "lr" not in opt:
+        raise ConfigError(f"{source}: optimizer.lr is required")
+    check_section({k: v for k, v in opt.items() if k != "name"}, OPTIMIZER_SCHEMAS[opt["name"]], "optimizer", source)
+    sched = full["scheduler"]
+    if sched.get("name", "none") not in SCHEDULERS:
+        raise ConfigError(f"{source}: scheduler.name must be one of {SCHEDULERS}, got {sched.get('name')!r}")
+    check_section({k: v for k, v in sched.items() if k != "name"}, SCHEDULER_SCHEMAS[sched.get("name", "none")],
+                  f"scheduler ({sched.get('name', 'none')})", source)
+    if not isinstance(full["loss"].get("name"), str):
+        raise ConfigError(f"{source}: loss.name is required (the objective's registered name)")
+    check_section(full["augmentation"], AUGMENTATION_SCHEMA, "augmentation", source)
+    check_section(full["validation"], VALIDATION_SCHEMA, "validation", source)
+    if full["early_stopping"] is not None:
+        check_section(full["early_stopping"], EARLY_STOPPING_SCHEMA, "early_stopping", source)
+    if full["postprocess"] is not None:
+        from busseg.postprocess import PostprocessConfig
+
+        try:
+            PostprocessConfig.from_dict(full["postprocess"])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -133,36 +271,17 @@ def validate_recipe(recipe: dict, source: str = "<recipe>") -> dict:
             raise ConfigError(
                 f"{source}: field {key!r} must be {names}, got {type(value).__name__} ({value!r})"
             )
-    for key in ("epochs", "batch_size", "image_size", "cv_folds"):
-        if full[key] < 1:
-            raise ConfigError(f"{source}: field {key!r} must be >= 1, got {full[key]}")
+    for key, check in (("epochs", number(1, integer=True)), ("batch_size", number(1, integer=True)),
+                       ("image_size", number(8, MAX_IMAGE_SIZE, integer=True)), ("cv_folds", number(2, integer=True)),
+                       ("seed", number(0, 2**32 - 1, integer=True))):
+        problem = check(full[key])
+        if problem:
+            raise ConfigError(f"{source}: field {key!r} {problem}")
     if full["in_channels"] not in (1, 3):
         raise ConfigError(f"{source}: in_channels must be 1 or 3, got {full['in_channels']}")
     if full["normalization"] not in NORMALIZATIONS:
         raise ConfigError(f"{source}: normalization must be one of {NORMALIZATIONS}")
-    opt = full["optimizer"]
-    if opt.get("name") not in OPTIMIZERS:
-        raise ConfigError(f"{source}: optimizer.name must be one of {OPTIMIZERS}, got {opt.get('name')!r}")
-    if not isinstance(opt.get("lr"), (int, float)) or isinstance(opt.get("lr"), bool) or opt["lr"] <= 0:
-        raise ConfigError(f"{source}: optimizer.lr must be a positive number, got {opt.get('lr')!r}")
-    if full["scheduler"].get("name", "none") not in SCHEDULERS:
-        raise ConfigError(f"{source}: scheduler.name must be one of {SCHEDULERS}")
-    if "name" not in full["loss"]:
-        raise ConfigError(f"{source}: loss.name is required")
-    for key, value in full["augmentation"].items():
-        if key not in AUGMENTATION_KEYS:
-            raise ConfigError(
-                f"{source}: unknown augmentation {key!r}; known: {sorted(AUGMENTATION_KEYS)}"
-            )
-        if not isinstance(value, AUGMENTATION_KEYS[key]) or isinstance(value, bool):
-            raise ConfigError(f"{source}: augmentation.{key} has the wrong type ({value!r})")
-        if isinstance(value, list) and (len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)):
-            raise ConfigError(f"{source}: augmentation.{key} must be a [min, max] pair")
-    val = full["validation"]
-    if not 0 < float(val.get("fraction", 0.2)) < 1:
-        raise ConfigError(f"{source}: validation.fraction must be in (0, 1)")
-    if val.get("mode", "max") not in ("min", "max"):
-        raise ConfigError(f"{source}: validation.mode must be 'min' or 'max'")
+    _check_nested(full, source)
     return full
 
 

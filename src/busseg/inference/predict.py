@@ -66,7 +66,7 @@ from busseg.data.imageio import IMAGE_SUFFIXES, is_dicom, read_image, read_pixel
 from busseg.data.preprocess import normalize, resize_image
 from busseg.engine.evaluate import find_fold_checkpoints, load_checkpoint, predict_probabilities, write_rows_csv
 from busseg.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from busseg.errors import CheckpointError, ConfigError, DataError
+from busseg.errors import CheckpointError, ConfigError, DataError, OutputError
 from busseg.inference.measurements import check_spacing, lesion_measurements
 from busseg.postprocess import PostprocessConfig, postprocess_mask
 from busseg.viz.overlay import overlay_prediction
@@ -577,6 +577,8 @@ def predict(
             item, future = writing.popleft()
             try:
                 rows[item.id] = future.result()
+            except OutputError:
+                raise  # an output that cannot be written (disk full, read-only) stops the run
             except (DataError, OSError) as exc:
                 fail(item, "write", exc)
             bar.update(1)

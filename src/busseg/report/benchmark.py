@@ -200,9 +200,9 @@ def plan_benchmark(models: Sequence[str], protocol: Protocol, *, k: int | None =
     written): the model's paper recipe or ``recipes[model]``, under ``protocol``, then
     ``model_overrides[model]``, with ``cv_folds`` = the shared split's fold count ``k``
     (default: the protocol's ``cv_folds``; 5 under ``paper``). Every model, objective,
-    optimiser and schedule is built (on the meta device, :func:`busseg.engine.task.check_recipe`),
+    optimiser and schedule is built (on the meta device, :func:`busseg.engine.task.check_buildable`),
     so an option one model refuses fails here, before any model trains."""
-    from busseg.engine.task import check_recipe
+    from busseg.engine.task import check_buildable
 
     models = list(dict.fromkeys(models))
     if not models:
@@ -222,7 +222,7 @@ def plan_benchmark(models: Sequence[str], protocol: Protocol, *, k: int | None =
                           "(set it in the protocol, e.g. --set include_normal=false)")
     for model, recipe in planned.items():
         try:
-            check_recipe(recipe)
+            check_buildable(recipe)
         except ConfigError as exc:
             raise ConfigError(f"benchmark: {exc} (under protocol {protocol.name!r}; "
                               f"a model-scoped --set {model}:KEY=VALUE changes this model only)") from exc
