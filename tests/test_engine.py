@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from busseg.engine.evaluate import evaluate_run, load_checkpoint
+from busseg.engine.evaluate import evaluate_run
+from busseg.models.checkpoint import load_checkpoint
 from busseg.engine.recipe import apply_overrides, list_recipes, load_recipe, validate_recipe
 from busseg.engine.train import cross_validate, load_dataset, resolve_split, train_fold
 from busseg.errors import CheckpointError, ConfigError

@@ -26,13 +26,9 @@ from busseg.inference.measurements import (
     lesion_measurements,
     max_feret_diameter,
 )
-from busseg.inference.predict import (
-    collect_inputs,
-    load_predictor,
-    predict,
-    resize_probability,
-    resolve_postprocess,
-)
+from busseg.inference.predict import collect_inputs, predict
+from busseg.inference.predictor import load as load_predictor
+from busseg.inference.predictor import resize_probability, resolve_postprocess
 from busseg.models import ModelOutput, list_models, register_model
 
 SIZE = 32
@@ -148,7 +144,8 @@ def mixed_folder(tmp_path_factory):
     return root
 
 
-GOOD = {"a": (45, 60), "b": (50, 40), "sub/c": (33, 47), "sub/d": (40, 40), "scan": (48, 64), "black": (30, 36)}
+GOOD = {"a.png": (45, 60), "b.png": (50, 40), "sub/c.bmp": (33, 47), "sub/d.jpg": (40, 40), "scan.dcm": (48, 64),
+        "black.png": (30, 36)}
 
 
 def expected_probability(models, path, tta=False):
@@ -202,7 +199,7 @@ def test_mixed_folder_writes_right_files_and_reports_bad_ones(checkpoint, mixed_
     assert scan["spacing_source"] == "dicom"
     assert scan["area_mm2"] == pytest.approx(scan["area_px"] * 0.02)
     assert rows["a.png"]["area_mm2"] is None and rows["a.png"]["spacing_source"] == ""
-    mask_a = np.asarray(Image.open(out / "masks" / "a.png")) > 0
+    mask_a = np.asarray(Image.open(out / "masks" / "a.png.png")) > 0
     assert rows["a.png"]["area_px"] == int(mask_a.sum()) > 0
     csv_lines = (out / "predictions.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("id,file,height,width")
@@ -212,23 +209,23 @@ def test_masks_follow_training_preprocessing_exactly(checkpoint, mixed_folder, t
     out = tmp_path / "out"
     predict(checkpoint, [mixed_folder / "a.png", mixed_folder / "scan.dcm"], out, progress=False)
     model = load_predictor(checkpoint).models[0]
-    for name, file in (("a", "a.png"), ("scan", "scan.dcm")):
+    for file in ("a.png", "scan.dcm"):
         prob, _ = expected_probability([model], mixed_folder / file)
-        mask = np.asarray(Image.open(out / "masks" / f"{name}.png")) > 0
+        mask = np.asarray(Image.open(out / "masks" / f"{file}.png")) > 0
         np.testing.assert_array_equal(mask, prob > 0.5)
 
 
 def test_tta_and_ensemble_equal_their_definitions(tmp_path, mixed_folder):
     cv = make_cv_dir(tmp_path / "cv", "predict_tiny_mt")
     predictor = load_predictor(cv)
-    assert len(predictor.models) == 2 and predictor.outputs == (True, True)
+    assert len(predictor.models) == 2 and (predictor.segments, predictor.classifies) == (True, True)
     single = load_predictor(cv, fold=1)
     assert len(single.models) == 1 and single.sources[0].parent.parent.name == "fold_1"
     for tta in (False, True):
         out = tmp_path / f"out_tta{tta}"
         predict(predictor, mixed_folder / "a.png", out, tta=tta, save_probabilities=True, progress=False)
         prob, p_malignant = expected_probability(predictor.models, mixed_folder / "a.png", tta=tta)
-        saved = np.asarray(Image.open(out / "probabilities" / "a.png"), np.float64) / 255
+        saved = np.asarray(Image.open(out / "probabilities" / "a.png.png"), np.float64) / 255
         np.testing.assert_allclose(saved, prob, atol=0.5 / 255 + 1e-6)
         row = json.loads((out / "predictions.json").read_text())[0]
         assert row["prob_malignant"] == pytest.approx(p_malignant, abs=1e-6)
@@ -236,8 +233,8 @@ def test_tta_and_ensemble_equal_their_definitions(tmp_path, mixed_folder):
         assert row["predicted_class"] == ("malignant" if p_malignant > 0.5 else "benign")
         assert row["max_probability"] == pytest.approx(float(prob.max()), abs=1e-6)
     # TTA really changes the prediction of this (not flip-equivariant) model
-    plain = np.asarray(Image.open(tmp_path / "out_ttaFalse" / "probabilities" / "a.png"), np.int16)
-    flipped = np.asarray(Image.open(tmp_path / "out_ttaTrue" / "probabilities" / "a.png"), np.int16)
+    plain = np.asarray(Image.open(tmp_path / "out_ttaFalse" / "probabilities" / "a.png.png"), np.int16)
+    flipped = np.asarray(Image.open(tmp_path / "out_ttaTrue" / "probabilities" / "a.png.png"), np.int16)
     assert np.abs(plain - flipped).max() > 2
 
 
@@ -297,14 +294,14 @@ def test_collect_inputs_list_file_and_name_collisions(tmp_path):
         Image.fromarray(blob_image(20, 20)).save(tmp_path / name)
     (tmp_path / "list.txt").write_text("# scans\nx.png\n\nx.jpg\nmissing.png\n")
     images, problems = collect_inputs(tmp_path / "list.txt")
-    assert [(i.id, i.name) for i in images] == [("x.png", "x_png"), ("x.jpg", "x_jpg")]
+    assert [i.id for i in images] == ["x.png", "x.jpg"]
     assert problems[0]["file"].endswith("missing.png") and "not found" in problems[0]["problem"]
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "outside.txt").write_text(f"{tmp_path / 'y.png'}\n../x.png\n")
     images, problems = collect_inputs(tmp_path / "lists" / "outside.txt")
     assert [i.id for i in images] == ["y.png", "x.png"] and not problems
     images, _ = collect_inputs([tmp_path / "y.png"])
-    assert [(i.id, i.name) for i in images] == [("y.png", "y")]
+    assert [i.id for i in images] == ["y.png"]
     with pytest.raises(ConfigError, match="no image to predict"):
         collect_inputs(tmp_path / "nothing_here")
 

@@ -20,3 +20,7 @@ class ConfigError(BussegError):
 
 class CheckpointError(BussegError):
     """A checkpoint is missing, corrupt or belongs to another model."""
+
+
+class ExportError(BussegError):
+    """A model cannot be exported, or its exported graph disagrees with PyTorch."""

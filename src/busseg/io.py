@@ -1,7 +1,13 @@
-"""Atomic file writes: an interrupted run never leaves a half-written output behind."""
+"""Atomic file writes: an interrupted run never leaves a half-written output behind.
+
+Every layer that writes results (prediction, export, training, evaluation, reports) writes through
+these functions, so this module sits at the bottom of the package next to :mod:`busseg.errors`.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -40,3 +46,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """``rows`` as a CSV file; the columns are every key met, in order of first appearance
+    (rows lacking one leave it empty, ``None`` is written empty)."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    return atomic_write_text(path, buffer.getvalue())
