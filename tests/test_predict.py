@@ -415,3 +415,77 @@ def test_png_writer_round_trips_exactly_through_pillow(tmp_path):
             np.testing.assert_array_equal(np.asarray(image), array)
     with pytest.raises(DataError, match="uint8"):
         png_bytes(np.zeros((4, 4), np.float32))
+
+
+# ------------------------------------------------------------------ reruns and output names
+
+
+def test_rerun_predicts_again_a_replaced_input_and_a_model_retrained_in_place(tmp_path):
+    """"Done" means: same input content and same model files (issue 14, item 3)."""
+    model = save_checkpoint(tmp_path / "model.ckpt", seed=0)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(blob_image(40, 48, 1)).save(scans / "a.png")
+    Image.fromarray(blob_image(36, 30, 2)).save(scans / "b.png")
+    out = tmp_path / "out"
+    predict(model, scans, out, progress=False)
+
+    Image.fromarray(blob_image(50, 30, 3)).save(scans / "a.png")  # replaced under the same name
+    again = predict(model, scans, out, progress=False)
+    assert (again["n_predicted"], again["n_already_done"]) == (1, 1)
+    assert Image.open(out / "masks" / "a.png.png").size == (30, 50)  # the new image's size
+    rows = {r["id"]: r for r in json.loads((out / "predictions.json").read_text())}
+    assert (rows["a.png"]["height"], rows["a.png"]["width"]) == (50, 30)
+
+    size = model.stat().st_size
+    save_checkpoint(model, seed=1)  # retrained in place: same path, same size
+    assert model.stat().st_size == size
+    third = predict(model, scans, out, progress=False)
+    assert (third["n_predicted"], third["n_already_done"]) == (2, 0)
+    retrained = load_predictor(model)
+    for name in ("a.png", "b.png"):
+        expected, _ = expected_probability(retrained.models, scans / name)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "masks" / f"{name}.png")) > 0, expected > 0.5)
+    assert predict(model, scans, out, progress=False)["n_already_done"] == 2
+
+
+def test_output_names_are_unique_and_do_not_depend_on_the_other_inputs(checkpoint, tmp_path):
+    """dup.png, dup.jpg and dup_png.png get three outputs; a folder's ids are the same however
+    it is given (issue 14, item 4)."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sizes = {"dup.png": (30, 40), "dup.jpg": (34, 44), "dup_png.png": (38, 48)}
+    for i, (name, (h, w)) in enumerate(sizes.items()):
+        Image.fromarray(blob_image(h, w, i)).save(scans / name, quality=95)
+    out = tmp_path / "out"
+    predict(checkpoint, scans, out, progress=False)
+    rows = json.loads((out / "predictions.json").read_text())
+    assert sorted(r["id"] for r in rows) == sorted(sizes)
+    assert len({r["mask"] for r in rows}) == 3 and len(list((out / "masks").rglob("*.png"))) == 3
+    for row in rows:
+        h, w = sizes[row["id"]]
+        assert Image.open(out / row["mask"]).size == (w, h)  # each row points at its own image's mask
+
+    (tmp_path / "list.txt").write_text("\n".join(f"scans/{n}" for n in sizes))
+    as_folder = [i.id for i in collect_inputs(scans)[0]]
+    as_files = [i.id for i in collect_inputs([scans / n for n in sorted(sizes)])[0]]
+    as_list = [i.id for i in collect_inputs(tmp_path / "list.txt")[0]]
+    assert sorted(as_folder) == sorted(as_files) == sorted(i.removeprefix("scans/") for i in as_list) == sorted(sizes)
+
+    dcm = tmp_path / "dcm"
+    dcm.mkdir()
+    write_dicom(dcm / "x.dcm", blob_image(48, 64, 5))
+    both = predict(checkpoint, [scans, dcm], out, progress=False)  # one --out: the same ids as before
+    assert (both["n_already_done"], both["n_predicted"]) == (3, 1)
+    assert sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png")) == \
+        sorted([*(f"{n}.png" for n in sizes), "x.dcm.png"])
+
+
+def test_two_inputs_with_one_id_are_refused(checkpoint, tmp_path):
+    for folder in ("p1", "p2"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(blob_image(20, 20)).save(tmp_path / folder / "img.png")
+    with pytest.raises(ConfigError, match=r"share the id .*img.png.*common folder"):
+        collect_inputs([tmp_path / "p1", tmp_path / "p2"])
+    images, _ = collect_inputs(tmp_path)
+    assert sorted(i.id for i in images) == ["p1/img.png", "p2/img.png"]
