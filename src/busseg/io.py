@@ -7,6 +7,7 @@ these functions, so this module sits at the bottom of the package next to :mod:`
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -60,3 +61,12 @@ def atomic_write_csv(path: str | Path, rows: list[dict]) -> Path:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
     return atomic_write_text(path, buffer.getvalue())
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (identifies a file by its content)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -36,15 +36,15 @@ from busseg.data.splits import fold_ids, load_split, make_split, save_split
 from busseg.engine.data import InMemoryTensors, load_dataset, make_loader
 from busseg.engine.data import is_main_process as _is_main_process
 from busseg.engine.evaluate import evaluate_predictor
-from busseg.inference.predictor import load as load_predictor
-from busseg.io import atomic_torch_save, atomic_write_json
-from busseg.models.checkpoint import read_checkpoint
 from busseg.engine.recipe import save_recipe
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.engine.task import SegmentationTask
 from busseg.errors import ConfigError
+from busseg.inference.predictor import load as load_predictor
+from busseg.io import atomic_torch_save, atomic_write_json
 from busseg.metrics.aggregate import summarize_folds
 from busseg.models import model_info
+from busseg.models.checkpoint import read_checkpoint
 from busseg.models.weights import collect_weights_info
 
 log = logging.getLogger("busseg")

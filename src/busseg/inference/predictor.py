@@ -48,6 +48,7 @@ from busseg.data.imageio import read_image, read_pixel_spacing, to_gray_uint8
 from busseg.data.preprocess import normalize, resize_image
 from busseg.errors import CheckpointError, ConfigError
 from busseg.inference.measurements import check_spacing, lesion_measurements
+from busseg.io import file_sha256
 from busseg.postprocess import PostprocessConfig, postprocess_mask
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,6 @@ def resolve_postprocess(postprocess, recipe: dict) -> PostprocessConfig:
     if config.reference_size is None and not config.is_identity:
         config = replace(config, reference_size=int(recipe["image_size"]))
     return config
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (identifies a model file or an input image by content)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_checkpoint(run_dir: str | Path) -> tuple[int | None, Path]:
@@ -440,7 +432,6 @@ __all__ = [
     "CLASS_NAMES",
     "Prediction",
     "Predictor",
-    "file_sha256",
     "find_models",
     "load",
     "resize_probability",
