@@ -133,10 +133,24 @@ def test_ensemble_on_the_training_data_is_refused_as_leaky(dataset, cv_run, tmp_
         evaluate_run(cv_run, tmp_path / "e", dataset="folder", root=dataset, ensemble=True)
     with pytest.raises(ConfigError, match="leaky"):
         evaluate_run(cv_run, tmp_path / "e", dataset="folder", root=dataset, subset="all", ensemble=True)
+    import shutil
+
+    copy = shutil.copytree(dataset, tmp_path / "same_images_elsewhere")  # the training images by another path
+    with pytest.raises(ConfigError, match="leaky"):
+        evaluate_run(cv_run, tmp_path / "e", dataset="folder", root=copy, ensemble=True)
     # another dataset: the ensemble is the point of cross-dataset evaluation
     other = evaluate_run(cv_run, tmp_path / "cross", dataset="phantom", data_options={"n": 6, "seed": 7},
                          ensemble=True)
     assert other["subset"] == "all" and other["ensemble"]["n_images"] == 6 and other["ensemble"]["n_models"] == 2
+    # another hospital's scans in the same generic folder layout
+    hospital = tmp_path / "hospital_b"
+    for sub in ("images", "masks"):
+        (hospital / sub).mkdir(parents=True)
+    for k, path in enumerate(sorted((dataset / "images").glob("*.png"))[:5]):
+        shutil.copy(path, hospital / "images" / f"b{k}.png")
+        shutil.copy(dataset / "masks" / f"{path.stem}_mask.png", hospital / "masks" / f"b{k}.png")
+    cross = evaluate_run(cv_run, tmp_path / "b", dataset="folder", root=hospital, ensemble=True)
+    assert cross["subset"] == "all" and cross["ensemble"]["n_images"] == 5
 
 
 def test_case_figures_show_what_the_csv_scored(dataset, cv_run, tmp_path, monkeypatch):

@@ -196,15 +196,38 @@ def _run_record(model_file: Path) -> dict | None:
     return None
 
 
-def trained_on_same_data(run_record: dict | None, dataset: str, data_options: dict | None) -> bool:
-    """True when ``dataset`` (with ``data_options``) is the data the run was trained on: same
-    dataset name and same options, the number of phantoms ``n`` aside (image ``i`` of a phantom
-    set is the same whatever ``n``). Unknown provenance (a bare checkpoint) counts as other data."""
+def _split_ids(model_file: Path) -> set[str]:
+    """Every id of the split a fold run was trained with (its ``split.json``)."""
+    split_file = model_file.parent.parent / "split.json"
+    try:
+        split = json.loads(split_file.read_text())
+        return {i for fold in split["folds"] for part in ("train", "val", "test") for i in fold.get(part, [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _same_folder(a: str | Path | None, b: str | Path | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def trained_on_same_data(
+    run_record: dict | None, dataset: str, root: str | Path | None, data_options: dict | None,
+    ids: set[str], split_ids: set[str],
+) -> bool:
+    """True when the evaluated data are the data the run was trained on: the same dataset
+    name and options (the number of phantoms ``n`` aside: image ``i`` of a phantom set is the
+    same whatever ``n``), and either the same folder or ids that the run's split holds (a
+    folder given by another path). Unknown provenance (a bare checkpoint, an ONNX file)
+    counts as other data."""
     if run_record is None or run_record.get("dataset") != dataset:
         return False
     trained = {k: v for k, v in (run_record.get("data_options") or {}).items() if k != "n"}
     given = {k: v for k, v in (data_options or {}).items() if k != "n"}
-    return trained == given
+    if trained != given:
+        return False
+    return _same_folder(run_record.get("data_root"), root) or bool(ids & split_ids)
 
 
 def evaluate_run(
@@ -250,7 +273,9 @@ def evaluate_run(
     recipe = predictors[0].recipe
     record = _run_record(models[0][1])
     trained_on = record.get("dataset") if record else None
-    in_domain = trained_on_same_data(record, dataset, data_options)
+    prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
+    in_domain = trained_on_same_data(record, dataset, root, data_options, set(prepared.ids),
+                                     _split_ids(models[0][1]))
     if ensemble and in_domain:
         raise ConfigError(
             f"--ensemble on {dataset!r}, the data {run} was trained on: every image there was trained on by "
@@ -263,7 +288,6 @@ def evaluate_run(
     elif subset == "all" and in_domain:
         log.warning("scoring every fold model on every image of %s, the data it was trained on: "
                     "the scores include training images", dataset)
-    prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
     per_model, all_rows = [], []
     for (fold, path), predictor in zip(models, predictors):
         if subset == "test":
