@@ -12,8 +12,10 @@ def register(sub) -> None:
                        description="Evaluate a checkpoint, a `train` run or the fold models of a `cv` run. "
                                    "On the training dataset each fold model is scored on its own test "
                                    "fold; on another dataset every fold model is scored on every image "
-                                   "(cross-dataset), mean ± std across fold models. Writes per_image.csv "
-                                   "and summary.json with a benign/malignant breakdown.")
+                                   "(cross-dataset), mean ± std across fold models. Images are scored in "
+                                   "their own geometry (probabilities resized back before thresholding) "
+                                   "unless --geometry network. Writes per_image.csv and summary.json with a "
+                                   "benign/malignant breakdown; both record the geometry used.")
     p.add_argument("run", help="checkpoint file, train run directory or cv directory")
     add_dataset_options(p)
     p.add_argument("--subset", default="auto", choices=("auto", "test", "all"),
