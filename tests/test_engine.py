@@ -327,6 +327,8 @@ def test_run_folders_are_relocatable(tmp_path, monkeypatch):
     legacy = dict(result, best_checkpoint=str(tmp_path / "moved" / "checkpoints" / "best.ckpt"))
     Path("copied/result.json").write_text(json.dumps(legacy))
     assert busseg.load("copied").sources == [Path("copied/checkpoints/best.ckpt")]
+    Path("copied/result.json").write_text(json.dumps(dict(result, best_checkpoint="../moved/checkpoints/best.ckpt")))
+    assert busseg.load("copied").sources == [Path("copied/checkpoints/best.ckpt")]
     shutil.rmtree("copied/checkpoints")
     with pytest.raises(CheckpointError, match="outside this run folder.*refusing to load another run's weights"):
         busseg.load("copied")

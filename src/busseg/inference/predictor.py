@@ -35,6 +35,7 @@ What one prediction is (the definition every caller shares):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,11 +121,9 @@ def run_checkpoint(run_dir: str | Path) -> tuple[int | None, Path]:
     """``(fold, checkpoint)`` of a finished ``train`` run folder (its ``result.json``).
 
     The checkpoint is named relative to the run, so a moved or copied run uses its own weights.
-    A ``result.json`` written by an older busseg may hold an absolute path; when that path lies
-    outside the folder (the run was moved or copied), the run's own file of the same name
-    under ``checkpoints/`` is used, never the original's."""
-    import json
-
+    A ``result.json`` written by an older busseg may hold an absolute path; when the path it
+    names lies outside the folder (the run was moved or copied), the run's own file of that
+    name under ``checkpoints/`` is used, never another run's."""
     run_dir = Path(run_dir)
     result_file = run_dir / "result.json"
     try:
@@ -132,20 +131,16 @@ def run_checkpoint(run_dir: str | Path) -> tuple[int | None, Path]:
         stored = Path(result["best_checkpoint"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{result_file}: not a finished busseg run record ({exc})") from None
-    path = run_dir / stored
-    if stored.is_absolute():
-        try:
-            path = run_dir / stored.resolve().relative_to(run_dir.resolve())
-        except ValueError:
-            own = run_dir / "checkpoints" / stored.name
-            if not own.is_file():
-                raise CheckpointError(
-                    f"{result_file} names the checkpoint {stored}, outside this run folder, and the run "
-                    f"has no {own.relative_to(run_dir)} of its own; refusing to load another run's weights"
-                ) from None
-            log.warning("%s names %s outside the run (moved or copied run); using the run's own %s",
-                        result_file, stored, own)
-            path = own
+    path = run_dir / stored  # an absolute path stays as it is
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        own = run_dir / "checkpoints" / stored.name
+        if not own.is_file():
+            raise CheckpointError(
+                f"{result_file} names the checkpoint {stored}, outside this run folder, and the run has no "
+                f"{own.relative_to(run_dir)} of its own; refusing to load another run's weights")
+        log.warning("%s names %s outside the run (moved or copied run); using the run's own %s",
+                    result_file, stored, own)
+        path = own
     if not path.is_file():
         raise CheckpointError(f"{result_file} names the checkpoint {stored}, but {path} does not exist")
     fold = result.get("fold")
