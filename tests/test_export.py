@@ -300,3 +300,11 @@ def test_cli_export_quantize_states_the_mask_agreement(tmp_path, capsys):
     assert "quantized to INT8 (calibrated on 4 images: phantoms)" in printed
     assert "Mask agreement with PyTorch fp32 on 8 phantom images" in printed
     assert target.is_file() and (tmp_path / "tiny.int8.onnx").is_file()
+
+
+def test_cli_export_refuses_recipe_overrides_for_a_trained_model(cv_run, tmp_path, capsys):
+    """--set / --encoder-weights build an untrained registered model; a trained one is exported
+    as it was trained, so they are refused rather than ignored."""
+    assert cli_main(["export", str(cv_run), "--out", str(tmp_path / "x"), "--set", "image_size=64"]) == 2
+    assert "--set and --encoder-weights apply to a registered model name only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
