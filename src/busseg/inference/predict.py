@@ -91,10 +91,6 @@ class InputImage:
     #: its outputs (``masks/<id>.png``).
     id: str
 
-    @property
-    def name(self) -> str:
-        return self.id
-
 
 def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
@@ -262,16 +258,16 @@ class _Layout:
     probabilities: bool
 
     def row(self, item: InputImage) -> Path:
-        return self.out / "rows" / f"{item.name}.json"
+        return self.out / "rows" / f"{item.id}.json"
 
     def mask(self, item: InputImage) -> Path:
-        return self.out / "masks" / f"{item.name}.png"
+        return self.out / "masks" / f"{item.id}.png"
 
     def overlay(self, item: InputImage) -> Path:
-        return self.out / "overlays" / f"{item.name}.png"
+        return self.out / "overlays" / f"{item.id}.png"
 
     def probability(self, item: InputImage) -> Path:
-        return self.out / "probabilities" / f"{item.name}.png"
+        return self.out / "probabilities" / f"{item.id}.png"
 
 
 def _finish(decoded: _Decoded, probability: np.ndarray | None, p_malignant: float | None,
