@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(busseg.__file__).parent
 
 #: the layers, bottom first: a folder may import its own files and folders of lower layers.
 LAYERS = [
-    {"errors", "io"},
+    {"errors", "fileio"},
     {"data", "models", "metrics", "postprocess", "viz"},
     {"losses"},
     {"inference"},
@@ -127,6 +127,6 @@ def test_lower_layers_never_import_upper_ones():
 
 def test_the_cycle_finder_sees_circles():
     graph = {"busseg.engine.a": {"busseg.engine.b"}, "busseg.engine.b": {"busseg.engine.c"},
-             "busseg.engine.c": {"busseg.engine.a", "busseg.io"}, "busseg.io": set()}
+             "busseg.engine.c": {"busseg.engine.a", "busseg.fileio"}, "busseg.fileio": set()}
     assert _cycles(graph) == [["busseg.engine.a", "busseg.engine.b", "busseg.engine.c"]]
-    assert _cycles({**graph, "busseg.engine.c": {"busseg.io"}}) == []
+    assert _cycles({**graph, "busseg.engine.c": {"busseg.fileio"}}) == []

@@ -35,7 +35,7 @@ from busseg.data.imageio import read_sample
 from busseg.data.preprocess import PreparedData
 from busseg.errors import ConfigError
 from busseg.inference.predictor import Predictor, find_models, load, resize_probability, resolve_postprocess
-from busseg.io import atomic_write_csv, atomic_write_json
+from busseg.engine.io import atomic_write_csv, atomic_write_json
 from busseg.metrics.aggregate import summarize_folds, summarize_per_image
 from busseg.metrics.classification import classification_metrics
 from busseg.metrics.segmentation import SEGMENTATION_METRICS, segmentation_metrics

@@ -207,6 +207,6 @@ def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "ov
 
 
 def save_recipe(recipe: dict, path: str | Path) -> None:
-    from busseg.io import atomic_write_text
+    from busseg.engine.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(recipe, sort_keys=False))

@@ -36,12 +36,12 @@ from busseg.data.splits import fold_ids, load_split, make_split, save_split
 from busseg.engine.data import InMemoryTensors, load_dataset, make_loader
 from busseg.engine.data import is_main_process as _is_main_process
 from busseg.engine.evaluate import evaluate_predictor
+from busseg.engine.io import atomic_torch_save, atomic_write_json
 from busseg.engine.recipe import save_recipe
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.engine.task import SegmentationTask
 from busseg.errors import ConfigError
 from busseg.inference.predictor import load as load_predictor
-from busseg.io import atomic_torch_save, atomic_write_json
 from busseg.metrics.aggregate import summarize_folds
 from busseg.models import model_info
 from busseg.models.checkpoint import read_checkpoint
@@ -115,7 +115,7 @@ def _merge_metric_logs(log_dir: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows(old + new)
-    from busseg.io import atomic_write_text
+    from busseg.engine.io import atomic_write_text
 
     atomic_write_text(current, buf.getvalue())
     previous.unlink()
@@ -370,7 +370,7 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
     """Aggregate the folds' test summaries: mean ± std across folds of per-image means."""
     import json
 
-    from busseg.io import atomic_write_csv
+    from busseg.engine.io import atomic_write_csv
 
     out_dir = Path(out_dir)
     fold_summaries, rows = [], []

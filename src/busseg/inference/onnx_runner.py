@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from busseg.errors import CheckpointError
-from busseg.io import atomic_write_bytes
+from busseg.fileio import atomic_write_bytes
 from busseg.models.output import ModelOutput
 
 #: metadata_props keys of a busseg ONNX file.

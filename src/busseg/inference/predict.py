@@ -65,7 +65,7 @@ from busseg.data.imageio import IMAGE_SUFFIXES, is_dicom
 from busseg.errors import ConfigError, DataError
 from busseg.inference.measurements import check_spacing
 from busseg.inference.predictor import Predictor, load
-from busseg.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, file_sha256
+from busseg.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, file_sha256
 from busseg.viz.overlay import overlay_prediction
 
 log = logging.getLogger(__name__)

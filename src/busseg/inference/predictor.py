@@ -49,7 +49,7 @@ from busseg.data.imageio import read_image, read_pixel_spacing, to_gray_uint8
 from busseg.data.preprocess import normalize, resize_image
 from busseg.errors import CheckpointError, ConfigError
 from busseg.inference.measurements import check_spacing, lesion_measurements
-from busseg.io import file_sha256
+from busseg.fileio import file_sha256
 from busseg.postprocess import PostprocessConfig, postprocess_mask
 
 log = logging.getLogger(__name__)

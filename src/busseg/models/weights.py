@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from busseg.errors import ConfigError
-from busseg.io import file_sha256
+from busseg.fileio import file_sha256
 
 log = logging.getLogger("busseg")
 _WARNED: set[str] = set()

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from busseg.io import atomic_write_json
+from busseg.engine.io import atomic_write_json
 from busseg.engine.recipe import apply_overrides, load_recipe
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.errors import ConfigError

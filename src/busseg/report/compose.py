@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from busseg.io import atomic_write_json, atomic_write_text
+from busseg.engine.io import atomic_write_json, atomic_write_text
 from busseg.errors import BussegError, DataError
 from busseg.report import tables
 from busseg.report.figures import cd_diagram, dice_boxplot, read_training_log, training_curves

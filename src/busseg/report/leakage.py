@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from busseg.io import atomic_write_json, atomic_write_text
+from busseg.engine.io import atomic_write_json, atomic_write_text
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.errors import ConfigError
 from busseg.report.benchmark import QUICK_LABEL, Protocol, plan_benchmark, resolve_protocol
