@@ -116,6 +116,13 @@ def test_results_folder_layout_and_one_shared_split(bench):
         assert (out / name).is_file(), name
 
 
+def test_report_states_the_scoring_geometry(bench):
+    out, _ = bench
+    numbers = _numbers(out)["datasets"]["phantom"]
+    assert set(numbers["geometry"].values()) == {"original"}
+    assert "Scored in each image's original geometry" in (out / "report.md").read_text()
+
+
 def test_main_table_is_recomputed_from_the_per_image_csvs(bench):
     out, _ = bench
     numbers = _numbers(out)["datasets"]["phantom"]["segmentation"]

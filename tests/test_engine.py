@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from busseg.engine.evaluate import evaluate_run, load_checkpoint
+from busseg.engine.evaluate import evaluate_run
+from busseg.models.checkpoint import load_checkpoint
 from busseg.engine.recipe import apply_overrides, list_recipes, load_recipe, validate_recipe
 from busseg.engine.train import cross_validate, load_dataset, resolve_split, train_fold
 from busseg.errors import CheckpointError, ConfigError
@@ -571,7 +572,7 @@ def test_run_json_records_a_failure_after_training(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation exploded")
 
-    monkeypatch.setattr(train_module, "evaluate_models", broken)
+    monkeypatch.setattr(train_module, "evaluate_predictor", broken)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="exploded"):
         train_fold(tiny_recipe(epochs=1), out, data_options=PHANTOMS, **QUIET)
@@ -600,3 +601,79 @@ def test_a_refused_rerun_leaves_the_finished_record_alone(trained_run):
     with pytest.raises(ConfigError):
         train_fold(tiny_recipe(), out, data_options=PHANTOMS, **QUIET)
     assert (out / "run.json").read_text() == before
+
+
+# ---------------------------------------------------------------- trust (issue 14)
+
+
+class _RunsCode:
+    """Unpickling this object runs code: it creates the folder ``marker``."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (self.marker,))
+
+
+def test_checkpoints_that_would_run_code_are_refused_everywhere(tmp_path, capsys):
+    """Evaluate, predict, export and resume read checkpoints as plain data (issue 14, item 1)."""
+    import shutil
+
+    import busseg
+    from busseg.cli.main import main as cli_main
+    from busseg.inference.export import models_to_export
+
+    run = tmp_path / "run"
+    train_fold(tiny_recipe(epochs=1), run, data_options=PHANTOMS, evaluate_test=False, **QUIET)
+    marker = tmp_path / "code_ran"
+    crafted = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    crafted["hyper_parameters"]["note"] = _RunsCode(marker)
+    for name in ("best.ckpt", "last.ckpt"):
+        torch.save(crafted, run / "checkpoints" / name)
+
+    for attempt in (lambda: busseg.load(run), lambda: load_checkpoint(run / "checkpoints" / "best.ckpt"),
+                    lambda: evaluate_run(run, tmp_path / "eval", data_options=PHANTOMS),
+                    lambda: models_to_export(run)):
+        with pytest.raises(CheckpointError, match=r"best.ckpt: refused, it holds Python objects"):
+            attempt()
+    assert cli_main(["predict", "--model", str(run), str(run / "split.json"), "--out", str(tmp_path / "p")]) == 2
+    assert "best.ckpt: refused" in capsys.readouterr().err
+    shutil.rmtree(run / "test", ignore_errors=True)
+    (run / "result.json").unlink()
+    with pytest.raises(CheckpointError, match=r"last.ckpt: refused"):  # resume
+        train_fold(tiny_recipe(epochs=1), run, data_options=PHANTOMS, evaluate_test=False, resume=True, **QUIET)
+    assert not marker.exists()
+
+
+def test_run_folders_are_relocatable(tmp_path, monkeypatch):
+    """Paths in result.json are relative to the run: a moved run works, a copied run uses its
+    own weights, also when an older result.json holds an absolute path (issue 14, item 5)."""
+    import shutil
+    from pathlib import Path
+
+    import busseg
+
+    monkeypatch.chdir(tmp_path)
+    train_fold(tiny_recipe(epochs=1), Path("runs") / "r", data_options=PHANTOMS, **QUIET)  # a relative --out
+    result = json.loads(Path("runs/r/result.json").read_text())
+    assert result["best_checkpoint"] == "checkpoints/best.ckpt"
+    for written in ("result.json", "test/summary.json"):
+        assert str(tmp_path) not in Path("runs/r", written).read_text()
+
+    shutil.copytree("runs/r", "copied")
+    shutil.move("runs/r", "moved")
+    moved = evaluate_run("moved", "eval_moved", data_options=PHANTOMS)
+    assert moved["subset"] == "test"
+    assert moved["segmentation"]["dice"]["mean"] == pytest.approx(result["test"]["segmentation"]["dice_mean"])
+    # a copy whose result.json (as older busseg wrote it) names the original by absolute path
+    legacy = dict(result, best_checkpoint=str(tmp_path / "moved" / "checkpoints" / "best.ckpt"))
+    Path("copied/result.json").write_text(json.dumps(legacy))
+    assert busseg.load("copied").sources == [Path("copied/checkpoints/best.ckpt")]
+    Path("copied/result.json").write_text(json.dumps(dict(result, best_checkpoint="../moved/checkpoints/best.ckpt")))
+    assert busseg.load("copied").sources == [Path("copied/checkpoints/best.ckpt")]
+    shutil.rmtree("copied/checkpoints")
+    with pytest.raises(CheckpointError, match="outside this run folder.*refusing to load another run's weights"):
+        busseg.load("copied")

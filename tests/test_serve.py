@@ -196,8 +196,8 @@ def test_other_refusals(client, files):
 
 
 def test_onnx_file_is_served_like_its_run(files):
-    from busseg.engine.evaluate import load_checkpoint
     from busseg.inference.export import export_onnx
+    from busseg.models.checkpoint import load_checkpoint
     from busseg.serve.model import load_model
 
     net, recipe = load_checkpoint(files["run"] / "checkpoints" / "best.ckpt", "serve_dark")

@@ -36,3 +36,7 @@ class OutputError(BussegError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ExportError(BussegError):
+    """A model cannot be exported, or its exported graph disagrees with PyTorch."""

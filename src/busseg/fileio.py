@@ -15,12 +15,16 @@ operating-system failures reported as one line naming the path.
   location or a missing permission is reported at once, not after an hour of training).
 
 This module sits below ``busseg.data`` and ``busseg.engine`` (it imports nothing of busseg but
-the errors), so every layer writes files the same way.
+the errors), so every layer writes files the same way. It also reads a file's identity
+(:func:`file_sha256`: model files, input scans, encoder weights).
 """
 
 from __future__ import annotations
 
+import csv
 import errno
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -119,6 +123,29 @@ def atomic_write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
 
 
+def atomic_write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """``rows`` as a CSV file; the columns are every key met, in order of first appearance
+    (rows lacking one leave it empty, ``None`` is written empty)."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (identifies a file by its content)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def prepare_output_dir(path: str | Path, option: str = "--out") -> Path:
     """Create the output folder ``path`` (and its parents) and check that files can be created
     in it; raises :class:`OutputError` naming ``option`` and the path otherwise."""
@@ -149,6 +176,6 @@ def prepare_output_file(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "describe_os_error", "os_error_line", "output_error", "prepare_output_dir",
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "atomic_write_text",
+           "describe_os_error", "file_sha256", "os_error_line", "output_error", "prepare_output_dir",
            "prepare_output_file"]

@@ -57,6 +57,26 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def registered_model(name: str, overrides=(), encoder_weights: str = "none") -> list[tuple]:
+    """``[(None, model, recipe)]`` for a registered model built from its paper recipe with
+    ``overrides``: untrained unless ``encoder_weights`` is a file (checks that it exports)."""
+    import logging
+
+    from busseg.engine.recipe import apply_overrides, load_recipe
+    from busseg.errors import ConfigError
+    from busseg.models import list_models, model_info
+    from busseg.models.checkpoint import build_model_from_recipe
+
+    if name not in list_models():
+        raise ConfigError(f"{name}: neither a checkpoint / run directory nor a registered model "
+                          f"(registered: {', '.join(list_models())})")
+    recipe = apply_overrides(load_recipe(model_info(name).recipe), [*overrides, f"model={name}"])
+    recipe["encoder_weights"] = encoder_weights
+    logging.getLogger("busseg").warning(
+        "exporting %s with %s encoder weights and an untrained decoder (no checkpoint given)", name, encoder_weights)
+    return [(None, build_model_from_recipe(recipe).eval(), recipe)]
+
+
 def refuse_unused_options(args) -> None:
     """Options that only apply to some sources (or to --quantize) are refused elsewhere."""
     from pathlib import Path
@@ -78,6 +98,8 @@ def refuse_unused_options(args) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from busseg.fileio import prepare_output_dir, prepare_output_file
     from busseg.inference.export import export
 
@@ -86,11 +108,14 @@ def run(args) -> int:
         prepare_output_file(args.out)
     else:
         prepare_output_dir(args.out)
+    if Path(args.source).exists():
+        source = args.source
+    else:
+        source = registered_model(args.source, args.overrides, args.encoder_weights or "none")
     quantization = {key: value for key, value in (("calibration", args.calibration),
                                                   ("calibration_count", args.calibration_count),
                                                   ("min_dice", args.min_dice)) if value is not None}
-    results = export(args.source, args.out, fold=args.fold, overrides=args.overrides,
-                     encoder_weights=args.encoder_weights or "none", exporter=args.exporter, opset=args.opset,
+    results = export(source, args.out, fold=args.fold, exporter=args.exporter, opset=args.opset,
                      atol=args.atol, rtol=args.rtol, quantize=args.quantize, **quantization)
     for result in results:
         print(result.describe())

@@ -236,6 +236,43 @@ def read_image(path: str | Path) -> np.ndarray:
         return _pil_to_gray(img, path)
 
 
+def to_gray_uint8(image, name: str = "image") -> np.ndarray:
+    """An image already in memory as ``uint8 [H, W]`` grayscale, by the rules files follow.
+
+    Accepts a Pillow image (any mode :func:`read_image` reads) or a NumPy array: ``[H, W]``
+    grayscale, or ``[H, W, 3]`` / ``[H, W, 4]`` RGB(A) converted like a colour file (BT.601
+    luminance, alpha ignored). ``uint8`` values are kept; floating-point arrays within [0, 1]
+    are read as intensities in [0, 1] (x 255); any other range or integer type is rescaled
+    from its own [min, max] with a warning, as 16-bit files are. ``name`` names the image in
+    errors."""
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise DataError(f"{name}: image has no pixels ({image.width}x{image.height})")
+        return _pil_to_gray(image, Path(name))
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if array.dtype == np.uint8:
+            return _pil_to_gray(Image.fromarray(np.ascontiguousarray(array[..., :3])), Path(name))
+        if _channels_equal(array):  # a grey image stored in three channels
+            return to_gray_uint8(array[..., 0], name)
+        raise DataError(f"{name}: a colour image array must be uint8, got {array.dtype}")
+    if array.ndim != 2 or 0 in array.shape:
+        raise DataError(f"{name}: expected an image [H, W] or [H, W, 3|4], got an array of shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.copy()
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{name}: expected numeric pixel values, got {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
+        return np.round(array.astype(np.float64) * 255).astype(np.uint8)
+    return _rescale_to_uint8(array, Path(name), "image")
+
+
+def _channels_equal(array: np.ndarray) -> bool:
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
+
+
 def _read_mask_values(path: Path) -> np.ndarray:
     """One mask file as a 2-D numeric array (per-pixel maximum over colour channels)."""
     if path.suffix.lower() in DICOM_SUFFIXES and is_dicom(path):

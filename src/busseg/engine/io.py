@@ -1,7 +1,7 @@
 """Atomic file writes: an interrupted run never leaves a half-written output behind.
 
-The writers live in :mod:`busseg.fileio` (shared with the data layer); this module adds
-checkpoints.
+The writers live in :mod:`busseg.fileio` (shared with the layers below the engine); this module
+adds checkpoints.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from busseg.fileio import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+from busseg.fileio import atomic_write, atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 
 
 def _torch_save_to(obj: Any, tmp: Path) -> None:
@@ -35,4 +35,5 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: _torch_save_to(obj, tmp))
 
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json",
+           "atomic_write_text"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,12 @@ import yaml
 
 from busseg.data.preprocess import PreparedData
 from busseg.data.splits import fold_ids, load_split
+from busseg.engine.data import is_main_process
 from busseg.engine.io import atomic_write_json
 from busseg.engine.runinfo import timestamp
 from busseg.errors import ConfigError
 
 log = logging.getLogger("busseg")
-
-
-def is_main_process() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _fold_assignment(split: dict) -> list[tuple[list[str], list[str], list[str]]]:

@@ -12,16 +12,8 @@ import torch
 
 from busseg.data.augment import BatchAugmenter
 from busseg.losses import create_objective
-from busseg.models import create_model, model_info
-
-
-def build_model_from_recipe(recipe: dict, encoder_weights: str | None = None) -> torch.nn.Module:
-    return create_model(
-        recipe["model"],
-        in_channels=recipe["in_channels"],
-        encoder_weights=encoder_weights if encoder_weights is not None else recipe["encoder_weights"],
-        **recipe["model_options"],
-    )
+from busseg.models import model_info
+from busseg.models.checkpoint import build_model_from_recipe
 
 
 def _check_model_option_names(recipe: dict) -> None:

@@ -30,23 +30,24 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from busseg.data import load_records
-from busseg.data.preprocess import PreparedData, prepare
+from busseg.data.preprocess import PreparedData
 from busseg.data.splits import fold_ids, load_split, make_split, save_split, validation_fraction_mismatch
-from busseg.engine.data import InMemoryTensors, make_loader
-from busseg.engine.evaluate import evaluate_models, load_checkpoint
+from busseg.engine.data import InMemoryTensors, is_main_process, load_dataset, make_loader
+from busseg.engine.evaluate import evaluate_predictor
 from busseg.engine.io import atomic_torch_save, atomic_write_json
 from busseg.engine.progress import training_progress
 from busseg.engine.recipe import save_recipe
 from busseg.engine.rundir import (check_existing_folds, check_same_recipe, check_same_run, check_same_split,
-                                  discard_run, existing_run_state, is_main_process, record_run_end,
+                                  discard_run, existing_run_state, record_run_end,
                                   records_how_the_run_ends)
 from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.engine.task import SegmentationTask, check_buildable
 from busseg.errors import ConfigError
 from busseg.fileio import prepare_output_dir
+from busseg.inference.predictor import load as load_predictor
 from busseg.metrics.aggregate import summarize_folds
 from busseg.models import model_info
+from busseg.models.checkpoint import read_checkpoint
 from busseg.models.weights import collect_weights_info
 
 log = logging.getLogger("busseg")
@@ -62,6 +63,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Resume reads checkpoints as evaluation does: plain data only, never code
+        (:func:`busseg.models.checkpoint.read_checkpoint`; a refused file is named)."""
+        return read_checkpoint(path)
 
 
 class BussegDataModule(L.LightningDataModule):
@@ -118,27 +124,6 @@ def _merge_metric_logs(log_dir: Path) -> None:
     previous.unlink()
 
 
-_is_main_process = is_main_process
-
-
-def load_dataset(
-    dataset: str,
-    root: str | Path | None,
-    recipe: dict,
-    data_options: dict | None = None,
-    include_normal: bool | None = None,
-) -> PreparedData:
-    """Records of ``dataset`` prepared at the recipe's image size (cached on disk)."""
-    options = dict(data_options or {})
-    if dataset == "phantom":
-        options.setdefault("image_size", recipe["image_size"])
-    normal = recipe.get("include_normal", False) if include_normal is None else include_normal
-    records = load_records(dataset, root, include_normal=normal, **options)
-    if not records:
-        raise ConfigError(f"dataset {dataset!r} ({root}) holds no usable images")
-    return prepare(records, image_size=recipe["image_size"], progress=_is_main_process())
-
-
 def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recipe: dict, dataset: str) -> dict:
     """The split to use: a saved file/dict (checked against the dataset), or a new group-aware
     split with the recipe's fold count (duplicate clusters from the audit kept together)."""
@@ -147,7 +132,7 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
     if split is not None:
         loaded = load_split(split, prepared.records)
         mismatch = validation_fraction_mismatch(loaded, recipe["validation"]["fraction"], f"split file {split}")
-        if mismatch and _is_main_process():
+        if mismatch and is_main_process():
             log.warning(mismatch)
         return loaded
     from busseg.data.audit import audit_dataset
@@ -263,7 +248,7 @@ def train_fold(
     task = SegmentationTask(recipe)
     weights_info = collect_weights_info(task.model)
     objective_info = getattr(task.objective, "describe", lambda: {})()
-    main = _is_main_process()
+    main = is_main_process()
     if main:
         save_recipe(recipe, out_dir / "recipe.yaml")
         save_split(split, out_dir / "split.json")
@@ -342,21 +327,25 @@ def train_fold(
     if not trainer.is_global_zero:
         return {}
 
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last_ckpt
+    # the selected model is always checkpoints/best.ckpt of this run (ModelCheckpoint's
+    # filename "best"), named relative to the run so that a moved or copied run uses its own
+    # weights (Lightning's best_model_path is absolute, and after resuming a moved run it can
+    # still name the original folder)
+    best = out_dir / "checkpoints" / "best.ckpt"
+    best = best if best.is_file() else last_ckpt
     result: dict[str, Any] = {
         "model": recipe["model"], "fold": fold, "dataset": dataset,
-        "best_checkpoint": str(best.relative_to(out_dir)) if best.is_relative_to(out_dir) else str(best),
+        "best_checkpoint": best.relative_to(out_dir).as_posix(),
         "selected_on": f"{monitor} ({mode}) on the validation subset of the training folds",
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "epochs_run": trainer.current_epoch,
         "train_seconds": round(train_seconds, 2),
     }
     if evaluate_test and test_ids:
-        device = "cuda" if on_gpu else "cpu"
-        model, _ = load_checkpoint(best, recipe["model"], device=device)
-        _, summary = evaluate_models([model], recipe, prepared.subset(test_ids), out_dir / "test",
-                                     device=device, postprocess=recipe.get("postprocess"),
-                                     extra_columns={"fold": fold, "model": recipe["model"]})
+        predictor = load_predictor(best, device="cuda" if on_gpu else "cpu")
+        _, summary = evaluate_predictor(predictor, prepared.subset(test_ids), out_dir / "test",
+                                        postprocess=recipe.get("postprocess"),
+                                        extra_columns={"fold": fold, "model": recipe["model"]})
         result["test"] = summary
     run_record = yaml.safe_load((out_dir / "run.json").read_text())
     run_record.update(status="finished", finished=timestamp(), train_seconds=result["train_seconds"])
@@ -409,7 +398,7 @@ def cross_validate(
         results.append(train_fold(recipe, fold_dir, dataset=dataset, root=root, split=split, fold=k,
                                   prepared=prepared, data_options=data_options, resume=fold_resume,
                                   overwrite=overwrite, **trainer_options))
-    if not _is_main_process():
+    if not is_main_process():
         return {}
     return summarize_cv(out_dir, recipe, folds)
 
@@ -440,7 +429,7 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
     """Aggregate the folds' test summaries: mean ± std across folds of per-image means."""
     import json
 
-    from busseg.engine.evaluate import write_rows_csv
+    from busseg.engine.io import atomic_write_csv
 
     out_dir = Path(out_dir)
     fold_summaries, rows = [], []
@@ -452,7 +441,8 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
         with open(out_dir / f"fold_{k}" / "test" / "per_image.csv") as fh:
             rows.extend(csv.DictReader(fh))
     cv: dict[str, Any] = {"model": recipe["model"], "folds": folds, "n_images": len(rows),
-                          "aggregation": "mean ± std across folds of per-image means"}
+                          "aggregation": "mean ± std across folds of per-image means",
+                          "geometry": fold_summaries[0].get("geometry")}
     if "segmentation" in fold_summaries[0]:
         cv["segmentation"] = summarize_folds([s["segmentation"] for s in fold_summaries])
         for label in ("benign", "malignant"):
@@ -464,6 +454,6 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
                 [s["segmentation_postprocessed"] for s in fold_summaries])
     if "classification" in fold_summaries[0]:
         cv["classification"] = _classification_across_folds([s["classification"] for s in fold_summaries])
-    write_rows_csv(rows, out_dir / "cv_per_image.csv")
+    atomic_write_csv(out_dir / "cv_per_image.csv", rows)
     atomic_write_json(out_dir / "cv_summary.json", cv)
     return cv

@@ -41,6 +41,14 @@ class ModelResults:
         return self.directory / f"fold_{fold}"
 
     @property
+    def geometry(self) -> str:
+        """Where the test images were scored (:mod:`busseg.engine.evaluate`): ``"original"``
+        or ``"network"`` (results written before busseg recorded it were scored at the
+        network's size)."""
+        geometries = {(r.get("test") or {}).get("geometry") or "network" for r in self.fold_results.values()}
+        return geometries.pop() if len(geometries) == 1 else "mixed"
+
+    @property
     def train_seconds(self) -> float:
         return float(sum(r.get("train_seconds", 0.0) for r in self.fold_results.values()))
 

@@ -3,8 +3,9 @@
 Aggregation (busseg's protocol, :mod:`busseg.metrics.aggregate`): a fold's score is the mean
 over its test images; a model's score is the mean ± sample standard deviation (ddof = 1) of
 its fold scores. For cross-dataset tables the "folds" are the fold MODELS, each applied to
-every image of the other dataset. Rates are shown in percent, distances in pixels at each
-model's input resolution (millimetres when every image had a pixel spacing).
+every image of the other dataset. Rates are shown in percent, distances in pixels of the
+geometry the results were scored in (each image's own by default, see
+:mod:`busseg.engine.evaluate`; millimetres when every image had a pixel spacing).
 
 Each ``*_numbers`` function returns plain numbers (written to ``report_numbers.json`` and
 checked by the tests against the CSVs); each ``*_table`` function formats them.

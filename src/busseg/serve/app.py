@@ -208,7 +208,7 @@ class DemoService:
         used = own if own is not None else spacing
         model = self.models[bool(tta)]
         started = time.perf_counter()
-        result = model(path, spacing=spacing)
+        result = model(gray, spacing=used)  # the decoded scan; its own spacing (DICOM) wins
         seconds = time.perf_counter() - started
         answer: dict[str, Any] = {
             "name": name, "width": int(gray.shape[1]), "height": int(gray.shape[0]),
