@@ -276,6 +276,17 @@ def test_cli_serves_the_demo_model_without_arguments(tmp_path):
         process.wait(timeout=30)
 
 
+def test_cli_refuses_a_taken_port_before_loading_anything(tmp_path, capsys):
+    from busseg.cli.main import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tmp_path / "no_such_run"), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------- the page, in Chromium
 
 

@@ -34,6 +34,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before minutes go into loading (or training) the model."""
+    import socket
+
+    from busseg.errors import ConfigError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -42,6 +55,7 @@ def run(args) -> int:
     from busseg.serve.app import create_app, serve
     from busseg.serve.model import demo_model, example_images, load_model
 
+    _check_port(args.host, args.port)
     source = Path(args.model) if args.model else demo_model(args.demo_dir)
     model = load_model(source)
     if args.examples:
