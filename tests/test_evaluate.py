@@ -119,7 +119,7 @@ def test_a_missed_lesion_counts_the_images_own_diagonal_in_pixels_and_mm(dataset
     nothing = np.zeros((len(prepared), 32, 32), np.float32)  # every lesion missed
     for geometry in ("original", "network"):
         for row, (h, w) in zip(score(prepared, nothing, None, geometry=geometry), prepared.original_sizes):
-            assert row["empty_case"] == "pred_only"
+            assert row["empty_case"] == "missed"
             if geometry == "original":
                 assert row["hd95"] == pytest.approx(math.hypot(h, w))
             else:

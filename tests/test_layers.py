@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(busseg.__file__).parent
 
 #: the layers, bottom first: a folder may import its own files and folders of lower layers.
 LAYERS = [
-    {"errors"},
+    {"errors", "console"},
     {"fileio"},
     {"data", "models", "metrics", "postprocess", "viz"},
     {"losses"},
@@ -26,6 +26,7 @@ LAYERS = [
     {"engine"},
     {"report"},
     {"demo"},
+    {"serve"},
     {"cli"},
     {"__main__"},
 ]

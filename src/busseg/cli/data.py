@@ -66,6 +66,25 @@ def _audit(args) -> int:
     return 0
 
 
+def _val_fraction(args) -> float:
+    """``--val-fraction``, else the validation.fraction of ``--recipe``, else the recipes'
+    default: the recipe is the one source of truth, and an explicit fraction that contradicts
+    a given recipe is warned about (runs with that recipe will use the split's fraction)."""
+    import logging
+
+    from busseg.engine.recipe import DEFAULTS, load_recipe
+
+    recipe = load_recipe(args.recipe)["validation"]["fraction"] if args.recipe else None
+    if args.val_fraction is None:
+        return float(recipe if recipe is not None else DEFAULTS["validation"]["fraction"])
+    if recipe is not None and abs(args.val_fraction - recipe) > 1e-9:
+        logging.getLogger("busseg").warning(
+            "--val-fraction %g differs from the validation.fraction %g of recipe %s; the split is written with "
+            "%g, and runs of that recipe on this split validate on the split's images", args.val_fraction, recipe,
+            args.recipe, args.val_fraction)
+    return float(args.val_fraction)
+
+
 def _usable_records(records, report, lenient: bool):
     """The records a split may use: none the audit flags, unless ``lenient`` leaves them out."""
     from busseg.data.adapters._common import MAX_LISTED
@@ -102,6 +121,7 @@ def _split(args) -> int:
     from busseg.data import audit_dataset, import_busbra_folds, make_split, random_split, save_split
 
     _refuse_unused_split_options(args)
+    args.val_fraction = _val_fraction(args)
     if args.busbra_official is not None and args.dataset != "busbra":
         raise ConfigError("--busbra-official only applies to the busbra dataset")
     prepare_output_file(args.out)
@@ -133,7 +153,9 @@ def _split(args) -> int:
         if len(usable) < len(records):
             split["excluded"] = {i: report.flagged[i] for i in sorted(report.flagged)}
     save_split(split, args.out)
-    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: {split['grouping']})")
+    carved = "" if split.get("val_fraction") is None else f", validation fraction {split['val_fraction']:g}"
+    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: "
+          f"{split['grouping']}{carved})")
     for fold in split["folds"]:
         counts = ", ".join(f"{part} {len(fold[part])} {json.dumps(fold['counts'][part])}" for part in ("train", "val", "test"))
         print(f"  fold {fold['fold']}: {counts}")
@@ -192,7 +214,11 @@ def register(subparsers) -> None:
     _add_dataset_args(split)
     split.add_argument("--k", type=int, default=None, help="number of folds (default 5)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    split.add_argument("--val-fraction", type=float, default=0.1, help="share of each training pool used for validation (default 0.1)")
+    split.add_argument("--val-fraction", type=float, default=None,
+                       help="share of each training pool used for validation (default: the validation.fraction "
+                            "of --recipe, else the recipes' default 0.2)")
+    split.add_argument("--recipe", default=None, metavar="NAME|FILE",
+                       help="take the validation fraction from this recipe (e.g. the one the runs will use)")
     split.add_argument("--threshold", type=int, default=None, help="near-duplicate Hamming threshold used for grouping (default 6)")
     split.add_argument(
         "--random",

@@ -248,12 +248,9 @@ def _decode_all(records: Sequence[SampleRecord], image_size: int, progress: bool
     masks = np.empty((n, size, size), np.uint8)
     sizes: list[tuple[int, int]] = []
     problems: list[str] = []
-    iterator = records
-    if progress:
-        from tqdm import tqdm
+    from busseg.console import progress_bar
 
-        iterator = tqdm(records, desc=f"decoding {n} images", unit="img", leave=False)
-    for i, record in enumerate(iterator):
+    for i, record in enumerate(progress_bar(records, desc=f"decoding {n} images", unit="img", enabled=progress)):
         try:
             image, mask = read_sample(record)
         except DataError as exc:

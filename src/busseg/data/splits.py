@@ -4,7 +4,7 @@ A split file is a JSON object in the spirit of nnU-Net's ``splits_final.json`` (
 folds with ``train``/``val``/``test`` ids) with the metadata needed to check it later::
 
     {"format": "busseg-split/1", "dataset": "busi", "k": 5, "seed": 0,
-     "grouping": "groups" | "none", "stratified_by": "label", "val_fraction": 0.1,
+     "grouping": "groups" | "none", "stratified_by": "label", "val_fraction": 0.2,
      "created_by": "busseg 0.1.0 ...", "ids_sha256": "...", "groups": {id: group},
      "folds": [{"fold": 0, "train": [...], "val": [...], "test": [...], "counts": {...}}]}
 
@@ -47,6 +47,10 @@ from busseg.errors import ConfigError, DataError
 from busseg.fileio import atomic_write_json
 
 SPLIT_FORMAT = "busseg-split/1"
+
+#: Share of each training pool held out for validation when none is given; also the recipes'
+#: default ``validation.fraction`` (``busseg.engine.recipe.DEFAULTS`` reads it from here).
+DEFAULT_VAL_FRACTION = 0.2
 
 
 def ids_sha256(ids) -> str:
@@ -249,7 +253,7 @@ def make_split(
     records: Sequence[SampleRecord],
     k: int = 5,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     groups: dict[str, str] | None = None,
     *,
     dataset: str | None = None,
@@ -271,7 +275,7 @@ def make_split(
 
 
 def random_split(
-    records: Sequence[SampleRecord], k: int = 5, seed: int = 0, val_fraction: float = 0.1, *, dataset: str | None = None
+    records: Sequence[SampleRecord], k: int = 5, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION, *, dataset: str | None = None
 ) -> dict:
     """Image-level stratified split that deliberately ignores groups (``"grouping": "none"``):
     the leaky baseline of a leakage study. Never use it to report results on BUSI."""
@@ -352,6 +356,23 @@ def load_split(path: str | Path, records: Sequence[SampleRecord] | None = None) 
     return split
 
 
+def validation_fraction_mismatch(split: dict, recipe_fraction: float, where: str) -> str | None:
+    """The message to give when ``split`` carved its validation sets with another fraction than
+    a recipe's ``validation.fraction`` (``None`` when they agree or the split's validation sets
+    were not carved by a fraction, e.g. BUS-BRA's official ones).
+
+    One source of truth: a split file fixes WHICH images validate, so when a run is given one,
+    the file decides and the recipe's ``validation.fraction`` (used only when the engine makes
+    the split itself) does not apply; the mismatch is reported, never silently resolved."""
+    carved = split.get("val_fraction")
+    if carved is None or abs(float(carved) - float(recipe_fraction)) < 1e-9:
+        return None
+    return (f"{where} carved its validation sets with val_fraction {float(carved):g}, the recipe's "
+            f"validation.fraction is {float(recipe_fraction):g}: the split file decides (its validation ids are "
+            f"used); write the split with `busseg data split --val-fraction {float(recipe_fraction):g}` "
+            f"(or --recipe) to follow the recipe")
+
+
 def fold_ids(split: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
     """(train, val, test) ids of ``fold``."""
     folds = split.get("folds") or []
@@ -361,7 +382,7 @@ def fold_ids(split: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
     raise ConfigError(f"fold {fold!r} not in split (folds: {[f.get('fold') for f in folds]})")
 
 
-def import_busbra_folds(root: str | Path, k: int = 5, val_fraction: float = 0.1, seed: int = 0) -> dict:
+def import_busbra_folds(root: str | Path, k: int = 5, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> dict:
     """The official BUS-BRA partition ``<root>/<k>-fold-cv.csv`` as a split dict.
 
     The CSV has columns ``ID, Pathology, kFold`` (the test fold of the image, 1..k) and,

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from busseg.data.splits import DEFAULT_VAL_FRACTION
 from busseg.errors import ConfigError
 
 #: Every recipe field, its type(s) and default. Nested sections are checked key by key against
@@ -34,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler": {"name": "none"},
     "loss": {"name": "segmentation", "pixel": "bce_dice"},
     "augmentation": {},
-    "validation": {"fraction": 0.2, "monitor": "val_dice", "mode": "max"},
+    "validation": {"fraction": DEFAULT_VAL_FRACTION, "monitor": "val_dice", "mode": "max"},
     "early_stopping": None,
     "cv_folds": 5,
     "seed": 0,
@@ -284,8 +285,8 @@ def validate_recipe(recipe: dict, source: str = "<recipe>") -> dict:
     return full
 
 
-def load_recipe(name_or_path: str | Path) -> dict:
-    """Load and validate a recipe by registered name (``elad_net``) or file path."""
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The file of a registered recipe name (``elad_net``) or a recipe file path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = recipes_dir() / f"{name_or_path}.yaml"
@@ -293,11 +294,38 @@ def load_recipe(name_or_path: str | Path) -> dict:
             raise ConfigError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(list_recipes())}")
     elif not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist")
+    return path
+
+
+def read_recipe_fields(name_or_path: str | Path) -> dict:
+    """The fields written in a recipe file, unchecked and without defaults (a whole recipe or a
+    partial one, see :func:`merge_recipe`)."""
+    path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe file {path}: not valid YAML ({exc})") from exc
-    return validate_recipe(_coerce_numbers(data), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {path}: a recipe must be a mapping of fields")
+    return _coerce_numbers(data)
+
+
+def load_recipe(name_or_path: str | Path) -> dict:
+    """Load and validate a recipe by registered name (``elad_net``) or file path."""
+    return validate_recipe(read_recipe_fields(name_or_path), str(recipe_path(name_or_path)))
+
+
+def merge_recipe(recipe: dict, partial: dict, source: str = "partial recipe") -> dict:
+    """``partial`` (some recipe fields, e.g. ``{model_options: {base_channels: 8}, epochs: 7}``)
+    merged onto ``recipe`` and validated: mappings merge key by key (``loss`` is replaced whole:
+    its keys belong together), other fields are replaced. Unknown fields are an error naming
+    ``source``."""
+    if not isinstance(partial, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
+    unknown = sorted(set(partial) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown recipe field(s) {unknown}; known: {sorted(DEFAULTS)}")
+    return validate_recipe(_merge(recipe, partial), source)
 
 
 def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "override") -> dict:

@@ -35,9 +35,11 @@ def _check_model_option_names(recipe: dict) -> None:
 
 
 def check_buildable(recipe: dict) -> None:
-    """Build the recipe's model and objective on the meta device (no memory, no weights, the
-    random state restored) so that a wrong model or loss option is reported before any data is
-    loaded or any epoch runs; a bad ``encoder_weights`` value is reported too."""
+    """Build the recipe's model, objective, optimiser and learning-rate schedule on the meta
+    device (no memory, no weights, the random state restored) so that a wrong model, loss or
+    optimiser option is reported before any data is loaded or any epoch runs; a bad
+    ``encoder_weights`` value is reported too. A plan of many runs (``benchmark run``, also
+    with ``--dry-run``) calls it for every run before the first one trains."""
     from busseg.errors import ConfigError
     from busseg.models.weights import validate_weights_spec
 
@@ -47,6 +49,8 @@ def check_buildable(recipe: dict) -> None:
         (f"model {recipe['model']!r} with model_options {recipe['model_options']}",
          lambda: build_model_from_recipe(recipe, encoder_weights="none")),
         (f"loss {recipe['loss']}", lambda: create_objective(**recipe["loss"])),
+        (f"optimizer {recipe['optimizer']} with scheduler {recipe['scheduler']} of model {recipe['model']!r}",
+         lambda: build_optimizer(recipe, build_model_from_recipe(recipe, encoder_weights="none").parameters())),
     ):
         try:
             with torch.random.fork_rng(devices=[]), torch.device("meta"):
@@ -55,6 +59,50 @@ def check_buildable(recipe: dict) -> None:
             raise
         except (TypeError, ValueError, KeyError, AssertionError) as exc:
             raise ConfigError(f"recipe: {what} cannot be built ({type(exc).__name__}: {exc})") from None
+
+
+def build_optimizer(recipe: dict, parameters):
+    """The recipe's optimiser over ``parameters`` and its learning-rate schedule, in the form
+    Lightning's ``configure_optimizers`` returns."""
+    opt_cfg = dict(recipe["optimizer"])
+    name = opt_cfg.pop("name")
+    cls = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "adamax": torch.optim.Adamax,
+        "sgd": torch.optim.SGD,
+    }[name]
+    for key in ("betas",):
+        if key in opt_cfg:
+            opt_cfg[key] = tuple(opt_cfg[key])
+    optimizer = cls(parameters, **opt_cfg)
+    sched_cfg = dict(recipe["scheduler"])
+    kind = sched_cfg.pop("name", "none")
+    epochs = recipe["epochs"]
+    if kind == "none":
+        return optimizer
+    if kind == "plateau":
+        monitor = sched_cfg.pop("monitor", recipe["validation"].get("monitor", "val_loss"))
+        mode = sched_cfg.pop("mode", "min" if "loss" in monitor else "max")
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, **sched_cfg)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
+    if kind == "poly":
+        power = float(sched_cfg.get("power", 0.9))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: max(0.0, 1 - e / epochs) ** power
+        )
+    elif kind == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs, eta_min=float(sched_cfg.get("eta_min", 0.0))
+        )
+    elif kind == "step":
+        sched = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=int(sched_cfg.get("step_size", max(1, epochs // 3))),
+            gamma=float(sched_cfg.get("gamma", 0.1)),
+        )
+    else:  # validated earlier
+        raise AssertionError(kind)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def per_image_dice_iou(
@@ -149,43 +197,5 @@ class SegmentationTask(L.LightningModule):
         self._val = {}
 
     def configure_optimizers(self):
-        opt_cfg = dict(self.recipe["optimizer"])
-        name = opt_cfg.pop("name")
-        cls = {
-            "adam": torch.optim.Adam,
-            "adamw": torch.optim.AdamW,
-            "adamax": torch.optim.Adamax,
-            "sgd": torch.optim.SGD,
-        }[name]
-        for key in ("betas",):
-            if key in opt_cfg:
-                opt_cfg[key] = tuple(opt_cfg[key])
-        optimizer = cls(self.model.parameters(), **opt_cfg)
-        sched_cfg = dict(self.recipe["scheduler"])
-        kind = sched_cfg.pop("name", "none")
-        epochs = self.recipe["epochs"]
-        if kind == "none":
-            return optimizer
-        if kind == "plateau":
-            monitor = sched_cfg.pop("monitor", self.recipe["validation"].get("monitor", "val_loss"))
-            mode = sched_cfg.pop("mode", "min" if "loss" in monitor else "max")
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, **sched_cfg)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
-        if kind == "poly":
-            power = float(sched_cfg.get("power", 0.9))
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda e: max(0.0, 1 - e / epochs) ** power
-            )
-        elif kind == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=epochs, eta_min=float(sched_cfg.get("eta_min", 0.0))
-            )
-        elif kind == "step":
-            sched = torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=int(sched_cfg.get("step_size", max(1, epochs // 3))),
-                gamma=float(sched_cfg.get("gamma", 0.1)),
-            )
-        else:  # validated earlier
-            raise AssertionError(kind)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return build_optimizer(self.recipe, self.model.parameters())
 

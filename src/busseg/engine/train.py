@@ -31,10 +31,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from busseg.data.preprocess import PreparedData
-from busseg.data.splits import fold_ids, load_split, make_split, save_split
+from busseg.data.splits import fold_ids, load_split, make_split, save_split, validation_fraction_mismatch
 from busseg.engine.data import InMemoryTensors, is_main_process, load_dataset, make_loader
 from busseg.engine.evaluate import evaluate_predictor
 from busseg.engine.io import atomic_torch_save, atomic_write_json
+from busseg.engine.progress import training_progress
 from busseg.engine.recipe import save_recipe
 from busseg.engine.rundir import (check_existing_folds, check_same_recipe, check_same_run, check_same_split,
                                   discard_run, existing_run_state, record_run_end,
@@ -129,7 +130,11 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
     if isinstance(split, dict):
         return split
     if split is not None:
-        return load_split(split, prepared.records)
+        loaded = load_split(split, prepared.records)
+        mismatch = validation_fraction_mismatch(loaded, recipe["validation"]["fraction"], f"split file {split}")
+        if mismatch and is_main_process():
+            log.warning(mismatch)
+        return loaded
     from busseg.data.audit import audit_dataset
 
     groups = audit_dataset(prepared.records, read_masks=False).group_map()
@@ -270,8 +275,9 @@ def train_fold(
         dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
         save_top_k=1, enable_version_counter=False,
     )
+    progress_callbacks, show_bar = training_progress(progress)
     callbacks = [checkpoint, last_epoch_checkpoint(out_dir / "checkpoints"),
-                 LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
+                 LearningRateMonitor(logging_interval="epoch"), *progress_callbacks, *(callbacks or [])]
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
@@ -291,7 +297,7 @@ def train_fold(
         logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="")],
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,

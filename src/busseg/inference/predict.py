@@ -455,9 +455,9 @@ def predict(
     if n_done_before:
         log.info("%d of %d images already predicted in %s; skipping them", n_done_before, len(items), out)
 
-    from tqdm import tqdm
+    from busseg.console import progress_bar
 
-    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="predicting", unit="img", enabled=progress, leave=True)
     start = time.perf_counter()
     look_ahead = max(2 * int(batch_size), int(workers))
     pool = ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="busseg-io")

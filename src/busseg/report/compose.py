@@ -335,7 +335,9 @@ def build_report(directory: str | Path, *, cases: Sequence[str] | None = None, a
         doc.table(tables.complexity_table(
             bench.complexity, all_models, "Parameters, FLOPs (PyTorch FlopCounterMode, 1 MAC = 2 FLOPs; "
             "convolutions, matrix products and attention only) and inference time per image at batch 1 "
-            "(median of repeated passes, float32, eval mode), as trained (model options, input channels)",
+            "(median of repeated passes, float32, eval mode) of each model with its trained options and input "
+            "channels, at the common input size of the 'Input' column (256², as the papers report); the last "
+            "column gives the FLOPs at the size the model was trained at in this benchmark",
             _source(directory, "From", [("complexity.json", directory / "complexity.json")])))
         numbers["complexity"] = {m: bench.complexity.get(m) for m in all_models}
 
