@@ -52,7 +52,8 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     report = audit_dataset(records)
     print("      " + report.to_text().strip().replace("\n", "\n      ")[:1200])
     print("[3/5] group-aware 5-fold split (duplicate clusters kept in one fold)")
-    split = make_split(records, k=5, seed=0, val_fraction=0.15, groups=report.group_map())
+    split = make_split(records, k=5, seed=0, val_fraction=0.15, groups=report.group_map(),
+                       grouping_method=report.grouping_method())
     split["dataset"] = "phantom"
     save_split(split, out_dir / "split.json")
     train_ids, val_ids, test_ids = fold_ids(split, 0)

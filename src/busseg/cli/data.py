@@ -37,6 +37,36 @@ def _records(args):
     return load_records(args.dataset, args.root, include_normal=args.include_normal, strict=not args.lenient)
 
 
+def _crop_search(args):
+    from busseg.data.crop_duplicates import CropSearch
+
+    return None if args.no_crop_search else CropSearch()
+
+
+def _pair_figure(report, records, path: Path, n_pairs: int) -> Path | None:
+    """Side-by-side PNG of the first ``n_pairs`` crop/zoom pairs of ``report``."""
+    from busseg.data import read_image
+    from busseg.viz.duplicates import save_pair_figure
+
+    by_id = {r.id: r for r in records}
+    rows = []
+    for match in report.crop_pairs[:n_pairs]:
+        image_a, image_b = read_image(by_id[match.a].image_path), read_image(by_id[match.b].image_path)
+        b_in_a, a_in_b = match.outlines(image_a.shape, image_b.shape)
+        rows.append({
+            "image_a": image_a, "image_b": image_b, "outline_in_a": b_in_a, "outline_in_b": a_in_b,
+            "name_a": f"{match.a} ({image_a.shape[1]}x{image_a.shape[0]})",
+            "name_b": f"{match.b} ({image_b.shape[1]}x{image_b.shape[0]})",
+            "caption": f"scale {match.scale:.3f}, rotation {match.rotation_deg:+.1f} deg, shift "
+                       f"({match.shift[0]:+.0f}, {match.shift[1]:+.0f}) px, {match.inliers}/{match.matches} "
+                       f"inliers, local agreement {match.agreement:.2f}: {match.kind}",
+        })
+    if not rows:
+        return None
+    return save_pair_figure(path, rows, title=f"{report.dataset}: crop/zoom/shift duplicates "
+                                              f"(dashed: the other image's field of view)")
+
+
 def _audit(args) -> int:
     from busseg.data import audit_dataset
 
@@ -47,12 +77,16 @@ def _audit(args) -> int:
         hash_size=args.hash_size,
         dataset=args.dataset,
         progress=True,
+        crop_search=_crop_search(args),
     )
     print(report.to_text(max_items=args.max_items))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report.to_json() + "\n")
         print(f"\nreport written to {args.out}")
+    if args.figure is not None:
+        written = _pair_figure(report, records, args.figure, args.figure_pairs)
+        print(f"pair figure written to {written}" if written else "no crop/zoom pair to draw")
     return 0
 
 
@@ -72,15 +106,18 @@ def _split(args) -> int:
         if args.random:
             split = random_split(records, k=args.k, seed=args.seed, val_fraction=args.val_fraction, dataset=args.dataset)
         else:
-            report = audit_dataset(records, near_duplicate_threshold=args.threshold, dataset=args.dataset, read_masks=False, progress=True)
+            report = audit_dataset(records, near_duplicate_threshold=args.threshold, dataset=args.dataset,
+                                   read_masks=False, progress=True, crop_search=_crop_search(args))
             print(
-                f"audit: {len(report.clusters)} near-duplicate clusters ({report.n_clustered_images} images) "
-                "kept inside one fold each"
+                f"audit: {len(report.clusters)} duplicate clusters ({report.n_clustered_images} images; "
+                f"{len(report.crop_pairs)} crop/zoom pairs among them) kept inside one fold each"
             )
             split = make_split(
-                records, k=args.k, seed=args.seed, val_fraction=args.val_fraction, groups=report.group_map(), dataset=args.dataset
+                records, k=args.k, seed=args.seed, val_fraction=args.val_fraction, groups=report.group_map(),
+                dataset=args.dataset, grouping_method=report.grouping_method(),
             )
-            split["audit"] = {"near_duplicate_threshold": args.threshold, "clusters": report.clusters}
+            split["audit"] = {"near_duplicate_threshold": args.threshold, "clusters": report.clusters,
+                              "crop_pairs": [[m.a, m.b] for m in report.crop_pairs]}
     save_split(split, args.out)
     print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: {split['grouping']})")
     for fold in split["folds"]:
@@ -112,15 +149,21 @@ def register(subparsers) -> None:
         "audit",
         help="report counts, sizes, problems and duplicate clusters of a dataset",
         description="Read every image and mask once and report class counts, image sizes, "
-        "unreadable files, empty/multiple/non-binary masks, exact duplicates (identical pixels) "
-        "and near-duplicate clusters (64-bit DCT hash), flagging clusters whose members carry "
-        "different labels or masks.",
+        "unreadable files, empty/multiple/non-binary masks, exact duplicates (identical pixels), "
+        "near-duplicate clusters (64-bit DCT hash) and crop/zoom/shift duplicates (SIFT features, "
+        "confirmed by a RANSAC similarity fit), flagging clusters whose members carry different "
+        "labels or masks.",
     )
     _add_dataset_args(audit)
     audit.add_argument("--threshold", type=int, default=6, help="max Hamming distance of near-duplicates (default 6 of 64 bits)")
     audit.add_argument("--hash-size", type=int, default=8, help="DCT hash side; the hash has hash_size^2 bits (default 8)")
     audit.add_argument("--max-items", type=int, default=20, help="items listed per section (default 20)")
     audit.add_argument("--out", type=Path, default=None, help="also write the full report as JSON")
+    audit.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                       help="write a side-by-side figure of the first crop/zoom pairs (to check them by eye)")
+    audit.add_argument("--figure-pairs", type=int, default=6, metavar="N", help="pairs in --figure (default 6)")
+    audit.add_argument("--no-crop-search", action="store_true",
+                       help="hash clusters only: skip the crop/zoom/shift duplicate search (local features + RANSAC)")
     audit.set_defaults(func=_audit)
 
     split = sub.add_parser(
@@ -135,6 +178,9 @@ def register(subparsers) -> None:
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     split.add_argument("--val-fraction", type=float, default=0.1, help="share of each training pool used for validation (default 0.1)")
     split.add_argument("--threshold", type=int, default=6, help="near-duplicate Hamming threshold used for grouping (default 6)")
+    split.add_argument("--no-crop-search", action="store_true",
+                       help="group by hash clusters and patients only (older busseg's grouping; crop/zoom "
+                            "duplicates of one scan may then straddle folds)")
     split.add_argument(
         "--random",
         action="store_true",
