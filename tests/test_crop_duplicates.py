@@ -204,3 +204,18 @@ def test_leakage_gap_is_stratified_by_duplicates_in_training(tmp_path):
     assert abs(result["non_leaking_images"]["gap"]) < 0.02 < leak["gap"]
     table = gap_table({"models": {"unet": result}})
     assert len(table.rows) == 4 and table.rows[0][2] == "6" and table.rows[0][5].startswith("+15.")
+
+
+def test_cli_audit_lists_pairs_and_draws_them(crop_dataset, tmp_path, capsys):
+    from busseg.cli.main import main
+
+    figure = tmp_path / "pairs.png"
+    assert main(["data", "audit", "folder", "--root", str(crop_dataset), "--figure", str(figure),
+                 "--out", str(tmp_path / "audit.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "scan_2 ~ zoomed_2: scale 1.30" in printed and f"pair figure written to {figure}" in printed
+    with Image.open(figure) as png:
+        assert png.format == "PNG" and png.width > 400
+    saved = json.loads((tmp_path / "audit.json").read_text())
+    assert saved["crop_pairs"][0]["b"] == "zoomed_2" and saved["crop_search"]["n_verified"] >= 1
+    assert main(["data", "audit", "folder", "--root", str(crop_dataset), "--figure-pairs", "0"]) == 2

@@ -44,13 +44,18 @@ def _crop_search(args):
 
 
 def _pair_figure(report, records, path: Path, n_pairs: int) -> Path | None:
-    """Side-by-side PNG of the first ``n_pairs`` crop/zoom pairs of ``report``."""
+    """Side-by-side PNG of the first ``n_pairs`` crop/zoom pairs of ``report`` that share no image."""
     from busseg.data import read_image
     from busseg.viz.duplicates import save_pair_figure
 
     by_id = {r.id: r for r in records}
-    rows = []
-    for match in report.crop_pairs[:n_pairs]:
+    rows, shown = [], set()
+    for match in report.crop_pairs:
+        if len(rows) == n_pairs:
+            break
+        if match.a in shown or match.b in shown:
+            continue  # one pair per group of images: more groups to check for the same space
+        shown.update((match.a, match.b))
         image_a, image_b = read_image(by_id[match.a].image_path), read_image(by_id[match.b].image_path)
         b_in_a, a_in_b = match.outlines(image_a.shape, image_b.shape)
         rows.append({
@@ -70,6 +75,8 @@ def _pair_figure(report, records, path: Path, n_pairs: int) -> Path | None:
 def _audit(args) -> int:
     from busseg.data import audit_dataset
 
+    if args.figure_pairs < 1:
+        raise ConfigError(f"--figure-pairs {args.figure_pairs}: at least one pair")
     records = _records(args)
     report = audit_dataset(
         records,
@@ -160,7 +167,8 @@ def register(subparsers) -> None:
     audit.add_argument("--max-items", type=int, default=20, help="items listed per section (default 20)")
     audit.add_argument("--out", type=Path, default=None, help="also write the full report as JSON")
     audit.add_argument("--figure", type=Path, default=None, metavar="PNG",
-                       help="write a side-by-side figure of the first crop/zoom pairs (to check them by eye)")
+                       help="write a side-by-side figure of the first crop/zoom pairs, one per group of images "
+                            "(to check them by eye)")
     audit.add_argument("--figure-pairs", type=int, default=6, metavar="N", help="pairs in --figure (default 6)")
     audit.add_argument("--no-crop-search", action="store_true",
                        help="hash clusters only: skip the crop/zoom/shift duplicate search (local features + RANSAC)")

@@ -27,28 +27,30 @@ def save_pair_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], title:
     other image's frame, ``(x, y)`` pixels) and ``caption`` (text under the row)."""
     if not rows:
         raise DataError("viz: save_pair_figure needs at least one pair")
-    fig = Figure(figsize=(2 * PANEL_INCHES * 1.3, PANEL_INCHES * 1.25 * len(rows) + 0.5))
-    axes = fig.subplots(len(rows), 2, squeeze=False)
-    for r, row in enumerate(rows):
-        for c, side in enumerate(("a", "b")):
+    panel = PANEL_INCHES * 1.5
+    heading = 0.45 if title else 0.0
+    fig = Figure(figsize=(2 * panel, (panel + 0.6) * len(rows) + heading))
+    # a heading strip, then one sub-figure per pair: each caption sits under its own two panels
+    ratios = ([heading] if title else []) + [panel + 0.6] * len(rows)
+    subfigures = list(fig.subfigures(len(ratios), 1, height_ratios=ratios, squeeze=False)[:, 0])
+    if title:
+        subfigures.pop(0).text(0.5, 0.5, title, ha="center", va="center", fontsize=10)
+    for r, (sub, row) in enumerate(zip(subfigures, rows)):
+        axes = sub.subplots(1, 2)
+        for ax, side in zip(axes, ("a", "b")):
             if f"image_{side}" not in row:
                 raise DataError(f"viz: pair row {r} has no 'image_{side}' (keys: {sorted(row)})")
-            ax = axes[r, c]
-            _show(ax, to_uint8_image(np.asarray(row[f"image_{side}"])), str(row.get(f"name_{side}", side)))
+            image = np.asarray(row[f"image_{side}"])
+            _show(ax, to_uint8_image(image), str(row.get(f"name_{side}", side)))
             outline = row.get(f"outline_in_{side}")
             if outline is not None:
                 ax.add_patch(Polygon(np.asarray(outline, float), closed=True, fill=False, edgecolor=OUTLINE_COLOR,
                                      linewidth=1.2, linestyle="--"))
-                h, w = np.asarray(row[f"image_{side}"]).shape[:2]
-                ax.set_xlim(-0.5, w - 0.5)  # keep the image's own frame when the outline leaves it
-                ax.set_ylim(h - 0.5, -0.5)
+                ax.set_xlim(-0.5, image.shape[1] - 0.5)  # keep the image's own frame when the outline leaves it
+                ax.set_ylim(image.shape[0] - 0.5, -0.5)
         if row.get("caption"):
-            axes[r, 0].text(1.02, -0.04, str(row["caption"]), ha="center", va="top", fontsize=7,
-                            transform=axes[r, 0].transAxes)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1.0 - 0.45 / fig.get_figheight(), bottom=0.02, wspace=0.04,
-                        hspace=0.3)
+            sub.text(0.5, 0.01, str(row["caption"]), ha="center", va="bottom", fontsize=7)
+        sub.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.08, wspace=0.04)
     return _save(fig, path)
 
 
