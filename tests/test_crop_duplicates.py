@@ -219,3 +219,17 @@ def test_cli_audit_lists_pairs_and_draws_them(crop_dataset, tmp_path, capsys):
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert saved["crop_pairs"][0]["b"] == "zoomed_2" and saved["crop_search"]["n_verified"] >= 1
     assert main(["data", "audit", "folder", "--root", str(crop_dataset), "--figure-pairs", "0"]) == 2
+
+
+def test_audit_counts_what_a_random_split_would_leak(crop_dataset):
+    from busseg.data import random_split
+    from busseg.data.audit import _random_split_leakage
+
+    records = load_records("folder", crop_dataset)
+    report = audit_dataset(records, read_masks=False)
+    leak = _random_split_leakage(records, report, k=3, seed=1)
+    split = random_split(records, k=3, seed=1, val_fraction=0.1)
+    test_fold = {i: f for f in range(3) for i in fold_ids(split, f)[2]}
+    assert test_fold["scan_2"] != test_fold["zoomed_2"]  # seed 1 separates them: each sees the other in training
+    assert leak["test_images"] == leak["only_through_crop_pairs"] == 2
+    assert report.hash_group_map()["zoomed_2"] == "zoomed_2"  # no hash link

@@ -33,6 +33,7 @@ audit never stops at the first one).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -123,6 +124,7 @@ class AuditReport:
     hash_clusters: list[list[str]] | None = None  # exact + hash links only (None: same as clusters)
     crop_pairs: list[GeometricMatch] = field(default_factory=list)
     crop_search: dict | None = None  # settings, counts and seconds of the crop search; None: not run
+    random_split_leakage: dict | None = None  # what a random image-level split would leak (see audit_dataset)
 
     def grouping_method(self) -> dict:
         """How :meth:`group_map` groups images, for the split file that uses it."""
@@ -170,6 +172,11 @@ class AuditReport:
                 mapping[m] = name
         return mapping
 
+    def hash_group_map(self) -> dict[str, str]:
+        """:meth:`group_map` without the crop/zoom links (exact and hash clusters, patients)."""
+        hash_clusters = self.hash_clusters if self.hash_clusters is not None else self.clusters
+        return dataclasses.replace(self, clusters=hash_clusters, crop_pairs=[]).group_map()
+
     @property
     def n_clustered_images(self) -> int:
         return sum(len(c) for c in self.clusters)
@@ -191,6 +198,7 @@ class AuditReport:
             "hash_clusters": self.hash_clusters if self.hash_clusters is not None else self.clusters,
             "crop_search": self.crop_search,
             "crop_pairs": [m.to_dict() for m in self.crop_pairs],
+            "random_split_leakage": self.random_split_leakage,
             "label_conflicts": self.label_conflicts,
             "mask_conflicts": self.mask_conflicts,
             "labels": self.labels,
@@ -231,7 +239,15 @@ class AuditReport:
         lines += [f"  {show(c)}" for c in self.label_conflicts[:max_items]] + more(self.label_conflicts, max_items)
         lines.append(f"\nClusters with differing masks: {len(self.mask_conflicts)}")
         lines += [f"  {show(c)}" for c in self.mask_conflicts[:max_items]] + more(self.mask_conflicts, max_items)
-        if self.clusters:
+        leak = self.random_split_leakage
+        if leak:
+            lines.append(
+                f"\nA random image-level {leak['k']}-fold split (seed {leak['seed']}) puts {leak['test_images']} test "
+                f"images ({leak['percent']:.1f} %) next to a duplicate in their training/validation folds "
+                f"({leak['only_through_crop_pairs']} of them only through crop/zoom pairs): split with the clusters "
+                "as groups (busseg data split)."
+            )
+        elif self.clusters:
             lines.append(
                 "\nA random image-level split would put copies of test images into training: "
                 "split with the clusters as groups (busseg data split)."
@@ -402,7 +418,7 @@ def audit_dataset(
         if any(_mask_iou(a, b) < mask_iou_threshold for a, b in itertools.combinations(signatures, 2)):
             mask_conflicts.append(cluster)
 
-    return AuditReport(
+    report = AuditReport(
         dataset=dataset,
         n_records=len(records),
         class_counts=dict(sorted(Counter(r.label for r in records).items())),
@@ -423,3 +439,21 @@ def audit_dataset(
         crop_pairs=crop_pairs,
         crop_search=crop_info,
     )
+    report.random_split_leakage = _random_split_leakage(ok_ids, report)
+    return report
+
+
+def _random_split_leakage(records: Sequence[SampleRecord], report: AuditReport, k: int = 5,
+                          seed: int = 0) -> dict | None:
+    """How many test images of a random image-level ``k``-fold split (busseg's own
+    :func:`random_split`, seed ``seed``, 10 % validation) have a duplicate in their fold's
+    training or validation part, and how many only through crop/zoom pairs."""
+    from busseg.data.splits import leaked_test_images, random_split
+
+    if not report.clusters or len(records) < 2 * k:
+        return None
+    split = random_split(records, k=k, seed=seed, val_fraction=0.1)
+    every = {i for ids in leaked_test_images(split, report.group_map()).values() for i in ids}
+    by_hash = {i for ids in leaked_test_images(split, report.hash_group_map()).values() for i in ids}
+    return {"k": k, "seed": seed, "test_images": len(every), "percent": 100.0 * len(every) / len(records),
+            "only_through_crop_pairs": len(every - by_hash)}

@@ -322,6 +322,17 @@ def grouping_description(split: dict) -> str:
     return "; ".join(parts)
 
 
+def leaked_test_images(split: dict, groups: dict[str, str]) -> dict[int, list[str]]:
+    """Per fold, the test images that share a group (``groups``: id -> group, e.g.
+    :meth:`AuditReport.group_map`) with an image of that fold's training or validation part:
+    the test images a model may have seen a copy of."""
+    out: dict[int, list[str]] = {}
+    for entry in split["folds"]:
+        seen = {groups[i] for i in entry["train"] + entry["val"] if i in groups}
+        out[entry["fold"]] = sorted(i for i in entry["test"] if i in groups and groups[i] in seen)
+    return out
+
+
 def save_split(split: dict, path: str | Path) -> None:
     """Write ``split`` as indented JSON, atomically (temporary file + rename)."""
     path = Path(path)

@@ -39,30 +39,13 @@ from busseg.engine.runinfo import command_line, library_versions, timestamp
 from busseg.errors import ConfigError
 from busseg.report.benchmark import QUICK_LABEL, Protocol, plan_benchmark, resolve_protocol
 from busseg.report.html import Cell, Document, Table, to_html, to_markdown
-from busseg.data.splits import grouping_description
+from busseg.data.splits import grouping_description, leaked_test_images
 from busseg.report.stats import paired_test
 
 log = logging.getLogger("busseg")
 
 SPLITS = ("random", "grouped")
 LEAKAGE_METRICS = ("dice", "iou", "precision", "recall", "hd95")
-
-
-def leaked_test_images(split: dict, groups: dict[str, str]) -> dict[int, list[str]]:
-    """Per fold, the test images that share a duplicate cluster (``groups``: id → cluster, as
-    :meth:`AuditReport.group_map`) with an image of that fold's training or validation part."""
-    out: dict[int, list[str]] = {}
-    for entry in split["folds"]:
-        seen = {groups[i] for i in entry["train"] + entry["val"] if i in groups}
-        out[entry["fold"]] = sorted(i for i in entry["test"] if i in groups and groups[i] in seen)
-    return out
-
-
-def _hash_only_groups(report) -> dict[str, str]:
-    """The audit's groups without its crop/zoom links (exact + hash clusters and patients)."""
-    import dataclasses
-
-    return dataclasses.replace(report, clusters=report.hash_clusters, crop_pairs=[]).group_map()
 
 
 def _make_splits(prepared, dataset: str, k: int, seed: int, val_fraction: float, directory: Path):
@@ -131,7 +114,7 @@ def leakage_study(
     prepared = load_dataset(dataset, root, first, data_options)
     splits, groups, report = _make_splits(prepared, dataset, k, seed, val_fraction, out / "splits")
     leaks = {name: leaked_test_images(split, groups) for name, split in splits.items()}
-    hash_leaks = {name: leaked_test_images(split, _hash_only_groups(report)) for name, split in splits.items()}
+    hash_leaks = {name: leaked_test_images(split, report.hash_group_map()) for name, split in splits.items()}
     crop_only = {name: sorted({i for v in leaks[name].values() for i in v}
                               - {i for v in hash_leaks[name].values() for i in v}) for name in SPLITS}
     meta["splits"] = {name: {"file": f"splits/{name}.json",
