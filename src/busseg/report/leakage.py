@@ -52,7 +52,7 @@ def _make_splits(prepared, dataset: str, k: int, seed: int, val_fraction: float,
     from busseg.data.audit import audit_dataset
     from busseg.data.splits import load_split, make_split, random_split, save_split
 
-    report = audit_dataset(prepared.records, progress=True)
+    report = audit_dataset(prepared.records, read_masks=False, progress=True)
     groups = report.group_map()
     splits = {}
     for name in SPLITS:
