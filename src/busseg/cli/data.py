@@ -126,7 +126,10 @@ def _split(args) -> int:
             split["audit"] = {"near_duplicate_threshold": args.threshold, "clusters": report.clusters,
                               "crop_pairs": [[m.a, m.b] for m in report.crop_pairs]}
     save_split(split, args.out)
-    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: {split['grouping']})")
+    from busseg.data.splits import grouping_description
+
+    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups; grouping: "
+          f"{grouping_description(split)})")
     for fold in split["folds"]:
         counts = ", ".join(f"{part} {len(fold[part])} {json.dumps(fold['counts'][part])}" for part in ("train", "val", "test"))
         print(f"  fold {fold['fold']}: {counts}")
