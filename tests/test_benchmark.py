@@ -267,3 +267,28 @@ def test_leakage_study_counts_leaks_and_compares(tmp_path):
     assert result["difference"]["dice"] == pytest.approx(random_dice - grouped_dice)
     assert result["all_images"]["n"] == 16
     assert "random − grouped" in (out / "leakage.md").read_text()
+
+
+def test_claims_section_sets_paper_figures_beside_measured_ones(bench):
+    from busseg.report.claims import load_claims
+
+    out, _ = bench
+    claims = {"bench_small": {**load_claims()["acsnet"], "source": "Table 5 (test claim)"},
+              "bench_unrun": load_claims()["elad_net"]}
+    build_report(out, qualitative=False, claims=claims)
+    entries = {e["model"]: e for e in _numbers(out)["claims"]}
+    measured = entries["bench_small"]["measured"]
+    per_image = pd.read_csv(out / "phantom" / "bench_small" / "cv_per_image.csv")
+    assert measured["dice"]["mean"] == pytest.approx(per_image.groupby("fold")["dice"].mean().mean() * 100)
+    aspects = {row[0]: row for row in entries["bench_small"]["differences"]}
+    # the results folder's own protocol is read back: quick recipe, 2 grouped folds, 3 epochs, phantoms
+    assert aspects["Data"][2].startswith("busseg measured on phantom")
+    assert aspects["Folds"][1:3] == ["5-fold", "2-fold"]
+    assert aspects["Epochs"][2].startswith("3 (ran") and "grouped 2-fold" in aspects["Split"][2]
+    assert "test fold" in aspects["Model selection"][1] and aspects["HD95 unit"][1].startswith("mm")
+    assert entries["bench_unrun"]["measured"] is None
+    report = (out / "report.md").read_text()
+    assert "Claims: each paper's figures beside busseg's" in report and "paper: Table 5 (test claim)" in report
+    assert "| bench_small | Δ (busseg − paper) |" in report
+    build_report(out, qualitative=False)  # the packaged claims: none of these models has one
+    assert [e["measured"] for e in _numbers(out)["claims"]] == [None] * 5

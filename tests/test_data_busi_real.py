@@ -1,7 +1,9 @@
 """The audit and a group-aware split on the real BUSI data (skipped when it is absent).
 
 Known facts (``shared/data/BUSI/README.md``): ``benign (433)``/``malignant (145)`` are
-byte-identical and ``benign (42)``/``malignant (51)`` are the same scan under both labels.
+byte-identical and ``benign (42)``/``malignant (51)`` are the same scan under both labels;
+``benign (62)`` is ``benign (140)`` with a narrower field of view (389x594 vs 452x591 pixels),
+which only the crop/zoom search finds.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.skipif(ROOT is None, reason="real BUSI data not availab
 @pytest.fixture(scope="module")
 def busi():
     records = load_records("busi", ROOT)  # benign + malignant (normal excluded)
-    report = audit_dataset(records, read_masks=False)  # hashes only: fast
+    report = audit_dataset(records, read_masks=False)  # hashes and crop search, no masks
     return records, report
 
 
@@ -50,6 +52,16 @@ def test_known_cross_class_duplicates_share_a_cluster(busi):
         assert holding[0] in report.label_conflicts
     # the README's order of magnitude: ~100-145 clusters holding ~220-320 images
     assert 80 <= len(report.clusters) <= 170 and 180 <= report.n_clustered_images <= 360
+
+
+def test_crop_of_the_same_scan_is_found(busi):
+    _, report = busi
+    assert not any("benign (62)" in c and "benign (140)" in c for c in report.hash_clusters)
+    match = next(m for m in report.crop_pairs if {m.a, m.b} == {"benign (62)", "benign (140)"})
+    assert match.scale == pytest.approx(1.0, abs=0.02) and match.inliers >= 100
+    assert report.group_map()["benign (62)"] == report.group_map()["benign (140)"]
+    # measured: 29 pairs outside the hash clusters among the 647 benign/malignant images
+    assert 15 <= len(report.crop_pairs) <= 60
 
 
 def test_group_aware_split_keeps_every_cluster_in_one_fold(busi):

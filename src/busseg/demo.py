@@ -59,7 +59,8 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
         "optimizer={name: adam, lr: 0.002}", "scheduler={name: cosine}", "early_stopping=null",
         "augmentation={hflip: 0.5}", "model_options={base_channels: 8}", "validation.fraction=0.15",
     ], "demo")
-    split = make_split(records, k=5, seed=0, val_fraction=recipe["validation"]["fraction"], groups=report.group_map())
+    split = make_split(records, k=5, seed=0, val_fraction=recipe["validation"]["fraction"], groups=report.group_map(),
+                       grouping_method=report.grouping_method())
     split["dataset"] = "phantom"
     if not overwrite:  # a rerun with other settings must not replace the split of the run it keeps
         check_same_split(out_dir / "split.json", split)

@@ -193,8 +193,11 @@ def _leakage(args) -> int:
     meta = leakage_study(args.out, models, **_common(args, models))
     for model, result in meta["models"].items():
         d = result["difference"]
+        gaps = ", ".join(f"{label} {result[key]['gap'] * 100:+.1f} (n={result[key]['n']})"
+                         for key, label in (("leaking_images", "with a duplicate in training"),
+                                            ("non_leaking_images", "without")) if "gap" in result[key])
         print(f"{model}: random − grouped Dice {d['dice'] * 100:+.2f} points, IoU {d['iou'] * 100:+.2f} points "
               f"({meta['splits']['random']['leaked_test_images']} leaking test images under the random split, "
-              f"{meta['splits']['grouped']['leaked_test_images']} under the grouped one)")
+              f"{meta['splits']['grouped']['leaked_test_images']} under the grouped one); per-image Dice gap: {gaps}")
     print(f"report: {args.out}/leakage.md")
     return 0

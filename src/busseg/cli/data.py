@@ -39,6 +39,41 @@ def _records(args):
     return load_records(args.dataset, args.root, include_normal=args.include_normal, strict=not args.lenient)
 
 
+def _crop_search(args):
+    from busseg.data.crop_duplicates import CropSearch
+
+    return None if args.no_crop_search else CropSearch()
+
+
+def _pair_figure(report, records, path: Path, n_pairs: int) -> Path | None:
+    """Side-by-side PNG of the first ``n_pairs`` crop/zoom pairs of ``report`` that share no image."""
+    from busseg.data import read_image
+    from busseg.viz.duplicates import save_pair_figure
+
+    by_id = {r.id: r for r in records}
+    rows, shown = [], set()
+    for match in report.crop_pairs:
+        if len(rows) == n_pairs:
+            break
+        if match.a in shown or match.b in shown:
+            continue  # one pair per group of images: more groups to check for the same space
+        shown.update((match.a, match.b))
+        image_a, image_b = read_image(by_id[match.a].image_path), read_image(by_id[match.b].image_path)
+        b_in_a, a_in_b = match.outlines(image_a.shape, image_b.shape)
+        rows.append({
+            "image_a": image_a, "image_b": image_b, "outline_in_a": b_in_a, "outline_in_b": a_in_b,
+            "name_a": f"{match.a} ({image_a.shape[1]}x{image_a.shape[0]})",
+            "name_b": f"{match.b} ({image_b.shape[1]}x{image_b.shape[0]})",
+            "caption": f"scale {match.scale:.3f}, rotation {match.rotation_deg:+.1f} deg, shift "
+                       f"({match.shift[0]:+.0f}, {match.shift[1]:+.0f}) px, {match.inliers}/{match.matches} "
+                       f"inliers, local agreement {match.agreement:.2f}: {match.kind}",
+        })
+    if not rows:
+        return None
+    return save_pair_figure(path, rows, title=f"{report.dataset}: crop/zoom/shift duplicates "
+                                              f"(dashed: the other image's field of view)")
+
+
 def _audit(args) -> int:
     from busseg.data import audit_dataset
 
@@ -46,7 +81,8 @@ def _audit(args) -> int:
         raise ConfigError(f"--max-items must be >= 0, got {args.max_items}")
     if args.out is not None:
         prepare_output_file(args.out)
-
+    if args.figure_pairs < 1:
+        raise ConfigError(f"--figure-pairs {args.figure_pairs}: at least one pair")
     records = _records(args)
     report = audit_dataset(
         records,
@@ -54,11 +90,15 @@ def _audit(args) -> int:
         hash_size=args.hash_size,
         dataset=args.dataset,
         progress=True,
+        crop_search=_crop_search(args),
     )
     print(report.to_text(max_items=args.max_items))
     if args.out is not None:
         atomic_write_text(args.out, report.to_json() + "\n")
         print(f"\nreport written to {args.out}")
+    if args.figure is not None:
+        written = _pair_figure(report, records, args.figure, args.figure_pairs)
+        print(f"pair figure written to {written}" if written else "no crop/zoom pair to draw")
     if report.problems:
         print(f"\n{len(report.problems)} problem(s) in {len(report.flagged)} image(s): exit status 1. "
               "`busseg data split` refuses these images (--lenient leaves them out).")
@@ -129,7 +169,10 @@ def _split(args) -> int:
     threshold = 6 if args.threshold is None else args.threshold
     records = _records(args)
     # every split reads every image and mask once: files the audit flags never reach a split
-    report = audit_dataset(records, near_duplicate_threshold=threshold, dataset=args.dataset, progress=True)
+    # the crop/zoom search (about 100 s on BUSI) only matters to a group-aware split
+    grouped = not args.random and args.busbra_official is None
+    report = audit_dataset(records, near_duplicate_threshold=threshold, dataset=args.dataset, progress=True,
+                           crop_search=_crop_search(args) if grouped else None)
     if args.busbra_official is not None:
         _usable_records(records, report, lenient=False)
         from busseg.data import dataset_root
@@ -143,19 +186,23 @@ def _split(args) -> int:
             split = random_split(usable, k=k, seed=args.seed, val_fraction=args.val_fraction, dataset=args.dataset)
         else:
             print(
-                f"audit: {len(report.clusters)} near-duplicate clusters ({report.n_clustered_images} images) "
-                "kept inside one fold each"
+                f"audit: {len(report.clusters)} duplicate clusters ({report.n_clustered_images} images; "
+                f"{len(report.crop_pairs)} crop/zoom pairs among them) kept inside one fold each"
             )
             split = make_split(
-                usable, k=k, seed=args.seed, val_fraction=args.val_fraction, groups=report.group_map(), dataset=args.dataset
+                usable, k=k, seed=args.seed, val_fraction=args.val_fraction, groups=report.group_map(),
+                dataset=args.dataset, grouping_method=report.grouping_method(),
             )
-            split["audit"] = {"near_duplicate_threshold": threshold, "clusters": report.clusters}
+            split["audit"] = {"near_duplicate_threshold": threshold, "clusters": report.clusters,
+                              "crop_pairs": [[m.a, m.b] for m in report.crop_pairs]}
         if len(usable) < len(records):
             split["excluded"] = {i: report.flagged[i] for i in sorted(report.flagged)}
     save_split(split, args.out)
+    from busseg.data.splits import grouping_description
+
     carved = "" if split.get("val_fraction") is None else f", validation fraction {split['val_fraction']:g}"
-    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: "
-          f"{split['grouping']}{carved})")
+    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups; grouping: "
+          f"{grouping_description(split)}{carved})")
     for fold in split["folds"]:
         counts = ", ".join(f"{part} {len(fold[part])} {json.dumps(fold['counts'][part])}" for part in ("train", "val", "test"))
         print(f"  fold {fold['fold']}: {counts}")
@@ -189,9 +236,10 @@ def register(subparsers) -> None:
         "audit",
         help="report counts, sizes, problems and duplicate clusters of a dataset",
         description="Read every image and mask once and report class counts, image sizes, "
-        "unreadable files, empty/multiple/non-binary masks, exact duplicates (identical pixels) "
-        "and near-duplicate clusters (64-bit DCT hash), flagging clusters whose members carry "
-        "different labels or masks. Exit status: 0 when no file has a problem, 1 when some have (they "
+        "unreadable files, empty/multiple/non-binary masks, exact duplicates (identical pixels), "
+        "near-duplicate clusters (64-bit DCT hash) and crop/zoom/shift duplicates (SIFT features, "
+        "confirmed by a RANSAC similarity fit), flagging clusters whose members carry different "
+        "labels or masks. Exit status: 0 when no file has a problem, 1 when some have (they "
         "are listed; `data split` refuses them), 2 on an error. Duplicate clusters and label conflicts "
         "are findings, not problems: `data split` keeps each cluster inside one fold.",
     )
@@ -200,6 +248,12 @@ def register(subparsers) -> None:
     audit.add_argument("--hash-size", type=int, default=8, help="DCT hash side; the hash has hash_size^2 bits (default 8)")
     audit.add_argument("--max-items", type=int, default=20, help="items listed per section (default 20)")
     audit.add_argument("--out", type=Path, default=None, help="also write the full report as JSON")
+    audit.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                       help="write a side-by-side figure of the first crop/zoom pairs, one per group of images "
+                            "(to check them by eye)")
+    audit.add_argument("--figure-pairs", type=int, default=6, metavar="N", help="pairs in --figure (default 6)")
+    audit.add_argument("--no-crop-search", action="store_true",
+                       help="hash clusters only: skip the crop/zoom/shift duplicate search (local features + RANSAC)")
     audit.set_defaults(func=_audit)
 
     split = sub.add_parser(
@@ -220,6 +274,9 @@ def register(subparsers) -> None:
     split.add_argument("--recipe", default=None, metavar="NAME|FILE",
                        help="take the validation fraction from this recipe (e.g. the one the runs will use)")
     split.add_argument("--threshold", type=int, default=None, help="near-duplicate Hamming threshold used for grouping (default 6)")
+    split.add_argument("--no-crop-search", action="store_true",
+                       help="group by hash clusters and patients only (older busseg's grouping; crop/zoom "
+                            "duplicates of one scan may then straddle folds)")
     split.add_argument(
         "--random",
         action="store_true",

@@ -16,9 +16,16 @@ Method:
   ``hash_size**2`` bits. Two images with Hamming distance ``<= near_duplicate_threshold`` are
   linked; clusters are the connected components of these links (so A~B and B~C put A, B, C in
   one cluster even when A and C are further apart);
-- **conflicts**: a cluster whose members carry different labels, or different masks: the
-  masks, resized to 64x64, have an IoU below ``mask_iou_threshold`` (0.8) between some pair.
-  (Near-duplicates that are shifted copies also get flagged here; they are worth a look.)
+- **crop, zoom and small-shift duplicates** (:mod:`busseg.data.crop_duplicates`): the same
+  scan saved with another crop or field of view hashes far apart; local features propose
+  candidate pairs and a RANSAC similarity fit with spread inliers and locally agreeing pixels
+  confirms them. Confirmed pairs join the hash clusters (``crop_search=None`` turns this off);
+  every pair is listed with the transform found;
+- **conflicts**: a cluster whose members carry different labels (all clusters), or different
+  masks: among the hash-linked members of a cluster, the masks, resized to 64x64, have an IoU
+  below ``mask_iou_threshold`` (0.8) between some pair. (Near-duplicates that are shifted copies
+  also get flagged here; they are worth a look. Crop pairs are not compared this way: a crop
+  changes the mask's frame.)
 
 Every unreadable file, size mismatch, empty or non-binary mask is collected as a problem (the
 audit never stops at the first one).
@@ -32,9 +39,11 @@ dependency for ten lines.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
+import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -44,6 +53,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
+from busseg.data.crop_duplicates import CropSearch, GeometricMatch, extract_features, find_crop_duplicates
 from busseg.data.imageio import DataWarning, read_image, read_mask
 from busseg.data.records import SampleRecord
 from busseg.errors import ConfigError, DataError
@@ -109,7 +119,7 @@ class AuditReport:
     multiple_masks: list[str]
     problems: list[tuple[str, str]]  # (path, problem)
     exact_duplicates: list[list[str]]
-    clusters: list[list[str]]  # near-duplicate clusters (exact ones included), size >= 2
+    clusters: list[list[str]]  # duplicate clusters (exact, hash and crop links), size >= 2
     label_conflicts: list[list[str]]
     mask_conflicts: list[list[str]]
     near_duplicate_threshold: int
@@ -119,6 +129,21 @@ class AuditReport:
     min_distances: dict[str, int] = field(default_factory=dict, repr=False)
     #: record id -> its problems (``"<file>: <problem>"``): the images ``data split`` refuses.
     flagged: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    hash_clusters: list[list[str]] | None = None  # exact + hash links only (None: same as clusters)
+    crop_pairs: list[GeometricMatch] = field(default_factory=list)
+    crop_search: dict | None = None  # settings, counts and seconds of the crop search; None: not run
+    random_split_leakage: dict | None = None  # what a random image-level split would leak (see audit_dataset)
+
+    def grouping_method(self) -> dict:
+        """How :meth:`group_map` groups images, for the split file that uses it."""
+        return {
+            "by": "busseg.data.audit",
+            "exact": "SHA-256 of decoded pixels",
+            "near_duplicates": {"dct_hash_bits": self.hash_size**2, "max_hamming": self.near_duplicate_threshold},
+            "crop_duplicates": None if self.crop_search is None else {
+                k: v for k, v in self.crop_search.items() if k not in ("seconds", "n_candidates", "n_verified")},
+            "patients": "record group_id (dataset metadata)",
+        }
 
     def group_map(self) -> dict[str, str]:
         """id -> split group: records linked by a duplicate cluster OR a shared patient id
@@ -155,6 +180,11 @@ class AuditReport:
                 mapping[m] = name
         return mapping
 
+    def hash_group_map(self) -> dict[str, str]:
+        """:meth:`group_map` without the crop/zoom links (exact and hash clusters, patients)."""
+        hash_clusters = self.hash_clusters if self.hash_clusters is not None else self.clusters
+        return dataclasses.replace(self, clusters=hash_clusters, crop_pairs=[]).group_map()
+
     @property
     def n_clustered_images(self) -> int:
         return sum(len(c) for c in self.clusters)
@@ -174,6 +204,10 @@ class AuditReport:
             "hash_size": self.hash_size,
             "clusters": self.clusters,
             "n_clustered_images": self.n_clustered_images,
+            "hash_clusters": self.hash_clusters if self.hash_clusters is not None else self.clusters,
+            "crop_search": self.crop_search,
+            "crop_pairs": [m.to_dict() for m in self.crop_pairs],
+            "random_split_leakage": self.random_split_leakage,
             "label_conflicts": self.label_conflicts,
             "mask_conflicts": self.mask_conflicts,
             "labels": self.labels,
@@ -202,22 +236,51 @@ class AuditReport:
         lines += [f"  {p}: {m}" for p, m in self.problems[:max_items]] + more(self.problems, max_items)
         lines.append(f"\nExact duplicates (identical pixels): {len(self.exact_duplicates)} groups")
         lines += [f"  {show(c)}" for c in self.exact_duplicates[:max_items]] + more(self.exact_duplicates, max_items)
+        hash_clusters = self.hash_clusters if self.hash_clusters is not None else self.clusters
         lines.append(
             f"\nNear-duplicate clusters (DCT hash {self.hash_size**2} bits, Hamming <= "
-            f"{self.near_duplicate_threshold}): {len(self.clusters)} clusters, "
-            f"{self.n_clustered_images} images"
+            f"{self.near_duplicate_threshold}): {len(hash_clusters)} clusters, "
+            f"{sum(len(c) for c in hash_clusters)} images"
         )
-        lines += [f"  {show(c)}" for c in self.clusters[:max_items]] + more(self.clusters, max_items)
+        lines += [f"  {show(c)}" for c in hash_clusters[:max_items]] + more(hash_clusters, max_items)
+        lines += self._crop_text(max_items, more)
         lines.append(f"\nClusters with conflicting labels: {len(self.label_conflicts)}")
         lines += [f"  {show(c)}" for c in self.label_conflicts[:max_items]] + more(self.label_conflicts, max_items)
         lines.append(f"\nClusters with differing masks: {len(self.mask_conflicts)}")
         lines += [f"  {show(c)}" for c in self.mask_conflicts[:max_items]] + more(self.mask_conflicts, max_items)
-        if self.clusters:
+        leak = self.random_split_leakage
+        if leak:
+            lines.append(
+                f"\nA random image-level {leak['k']}-fold split (seed {leak['seed']}) puts {leak['test_images']} test "
+                f"images ({leak['percent']:.1f} %) next to a duplicate in their training/validation folds "
+                f"({leak['only_through_crop_pairs']} of them only through crop/zoom pairs): split with the clusters "
+                "as groups (busseg data split)."
+            )
+        elif self.clusters:
             lines.append(
                 "\nA random image-level split would put copies of test images into training: "
                 "split with the clusters as groups (busseg data split)."
             )
         return "\n".join(lines)
+
+
+    def _crop_text(self, max_items: int, more) -> list[str]:
+        if self.crop_search is None:
+            return ["\nCrop/zoom/shift duplicates: not searched"]
+        info = self.crop_search
+        seconds = info.get("seconds", {})
+        lines = [
+            f"\nCrop/zoom/shift duplicates (SIFT + visual words + RANSAC similarity): {len(self.crop_pairs)} pairs "
+            f"confirmed among {info.get('n_verified', '?')} candidate pairs checked ({info.get('n_candidates', '?')} "
+            f"proposed; pairs inside a hash cluster are not checked); "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+        ]
+        lines += [f"  {m.describe()}" for m in self.crop_pairs[:max_items]] + more(self.crop_pairs, max_items)
+        lines.append(
+            f"\nDuplicate clusters (exact, hash and crop links together; used for splits): {len(self.clusters)} "
+            f"clusters, {self.n_clustered_images} images"
+        )
+        return lines
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -243,11 +306,14 @@ def audit_dataset(
     dataset: str | None = None,
     read_masks: bool = True,
     progress: bool = False,
+    crop_search: CropSearch | None = CropSearch(),
 ) -> AuditReport:
     """Audit ``records`` (reads every image and mask once; see the module docstring).
 
-    ``read_masks=False`` hashes images only (about twice as fast): no mask problems, empty
-    masks or mask conflicts are reported then.
+    ``read_masks=False`` skips the masks (faster): no mask problems, empty masks or mask
+    conflicts are reported then. ``crop_search``: settings of the crop/zoom/shift duplicate
+    search (:class:`busseg.data.crop_duplicates.CropSearch`), ``None`` for hashes only (the
+    search costs about 20-25 ms per image for features and a few ms per candidate pair).
     """
     records = list(records)
     if hash_size < 2:
@@ -260,7 +326,8 @@ def audit_dataset(
     problems: list[tuple[str, str]] = []
     sizes: Counter = Counter()
     empty, multiple = [], []
-    hashes, pixel_digests, mask_signatures, ok_ids = [], [], {}, []
+    hashes, pixel_digests, mask_signatures, ok_ids, features = [], [], {}, [], []
+    feature_seconds = 0.0
     seen_ids: set[str] = set()
     from busseg.console import progress_bar
 
@@ -312,6 +379,10 @@ def audit_dataset(
             mask_signatures[record.id] = np.asarray(signature) >= 128
         ok_ids.append(record)
         hashes.append(dct_hash(image, hash_size))
+        if crop_search is not None:
+            started = time.perf_counter()
+            features.append(extract_features(image, crop_search))
+            feature_seconds += time.perf_counter() - started
         pixel_digests.append(hashlib.sha256(f"{image.shape}".encode() + image.tobytes()).hexdigest())
 
     n = len(ok_ids)
@@ -335,18 +406,34 @@ def audit_dataset(
         for group in exact_groups:  # identical pixels are always one cluster
             for a, b in itertools.pairwise(group):
                 uf.union(index[a], index[b])
-    clusters = sorted(
-        (sorted(ids[i] for i in comp) for comp in uf.components() if len(comp) > 1),
-        key=lambda c: c[0],
-    )
+    def cluster_list(union_find: _UnionFind) -> list[list[str]]:
+        return sorted(
+            (sorted(ids[i] for i in comp) for comp in union_find.components() if len(comp) > 1),
+            key=lambda c: c[0],
+        )
+
+    hash_clusters = cluster_list(uf)
+    crop_pairs: list[GeometricMatch] = []
+    crop_info = None
+    if crop_search is not None:
+        hash_root = [uf.find(i) for i in range(n)]
+        found = find_crop_duplicates(ids, features, crop_search, progress=progress,
+                                     already_linked=lambda i, j: hash_root[i] == hash_root[j])
+        crop_pairs = found.pairs
+        index = {sample_id: k for k, sample_id in enumerate(ids)}
+        for match in crop_pairs:
+            uf.union(index[match.a], index[match.b])
+        crop_info = {**crop_search.to_dict(), "n_candidates": found.n_candidates, "n_verified": found.n_verified,
+                     "seconds": {"features": round(feature_seconds, 3), **found.seconds}}
+    clusters = cluster_list(uf)
     label_conflicts = [c for c in clusters if len({labels[i] for i in c}) > 1]
     mask_conflicts = []
-    for cluster in clusters:
+    for cluster in hash_clusters:
         signatures = [mask_signatures[i] for i in cluster if i in mask_signatures]
         if any(_mask_iou(a, b) < mask_iou_threshold for a, b in itertools.combinations(signatures, 2)):
             mask_conflicts.append(cluster)
 
-    return AuditReport(
+    report = AuditReport(
         flagged=_flagged_records(records, problems),
         dataset=dataset,
         n_records=len(records),
@@ -364,4 +451,25 @@ def audit_dataset(
         labels=labels,
         patient_groups={r.id: r.group_id for r in ok_ids},
         min_distances=min_distances,
+        hash_clusters=hash_clusters,
+        crop_pairs=crop_pairs,
+        crop_search=crop_info,
     )
+    report.random_split_leakage = _random_split_leakage(ok_ids, report)
+    return report
+
+
+def _random_split_leakage(records: Sequence[SampleRecord], report: AuditReport, k: int = 5,
+                          seed: int = 0) -> dict | None:
+    """How many test images of a random image-level ``k``-fold split (busseg's own
+    :func:`random_split`, seed ``seed``, 10 % validation) have a duplicate in their fold's
+    training or validation part, and how many only through crop/zoom pairs."""
+    from busseg.data.splits import leaked_test_images, random_split
+
+    if not report.clusters or len(records) < 2 * k:
+        return None
+    split = random_split(records, k=k, seed=seed, val_fraction=0.1)
+    every = {i for ids in leaked_test_images(split, report.group_map()).values() for i in ids}
+    by_hash = {i for ids in leaked_test_images(split, report.hash_group_map()).values() for i in ids}
+    return {"k": k, "seed": seed, "test_images": len(every), "percent": 100.0 * len(every) / len(records),
+            "only_through_crop_pairs": len(every - by_hash)}

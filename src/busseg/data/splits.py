@@ -4,9 +4,15 @@ A split file is a JSON object in the spirit of nnU-Net's ``splits_final.json`` (
 folds with ``train``/``val``/``test`` ids) with the metadata needed to check it later::
 
     {"format": "busseg-split/1", "dataset": "busi", "k": 5, "seed": 0,
-     "grouping": "groups" | "none", "stratified_by": "label", "val_fraction": 0.2,
-     "created_by": "busseg 0.1.0 ...", "ids_sha256": "...", "groups": {id: group},
+     "grouping": "groups" | "none", "grouping_method": {...}, "stratified_by": "label",
+     "val_fraction": 0.2, "created_by": "busseg 0.1.0 ...", "ids_sha256": "...",
+     "groups": {id: group},
      "folds": [{"fold": 0, "train": [...], "val": [...], "test": [...], "counts": {...}}]}
+
+``grouping_method`` says how the groups were found (e.g. :meth:`AuditReport.grouping_method`:
+hash threshold, crop/zoom search settings). Files written before it existed lack the key and
+load as before; :func:`grouping_description` then says that their groups came from exact and
+DCT-hash duplicates and patient ids only (no crop/zoom search).
 
 Algorithm of :func:`make_split` (stratified group k-fold, written here rather than taken from
 scikit-learn so that a split does not change with the library version):
@@ -195,6 +201,7 @@ def _build_split(
     group_of: dict[str, str],
     grouping: str,
     dataset: str | None,
+    grouping_method: dict | str | None = None,
 ) -> dict:
     labels = {r.id: r.label for r in records}
     group_members: dict[str, list[str]] = defaultdict(list)
@@ -224,6 +231,7 @@ def _build_split(
         "k": k,
         "seed": seed,
         "grouping": grouping,
+        "grouping_method": grouping_method,
         "stratified_by": "label",
         "val_fraction": float(val_fraction),
         "created_by": f"busseg {_version()} busseg.data.splits ({'group-aware' if grouping != 'none' else 'image-level random'} stratified k-fold)",
@@ -257,6 +265,7 @@ def make_split(
     groups: dict[str, str] | None = None,
     *,
     dataset: str | None = None,
+    grouping_method: dict | str | None = None,
 ) -> dict:
     """Stratified, group-aware k-fold split with a validation subset per fold.
 
@@ -268,10 +277,15 @@ def make_split(
             selection (0 for none).
         groups: id -> group, typically ``audit_dataset(records).group_map()``; merged with the
             records' own ``group_id`` (patients).
+        grouping_method: how ``groups`` were found, recorded in the file (typically
+            ``report.grouping_method()``); default: "patient ids" without ``groups``, "groups
+            given by the caller" with them.
     """
     records = _check_records(records, k, val_fraction)
     group_of = _merge_groups(records, groups)
-    return _build_split(records, k, seed, val_fraction, group_of, "groups", dataset)
+    if grouping_method is None:
+        grouping_method = "groups given by the caller (method not recorded)" if groups else "patient ids only"
+    return _build_split(records, k, seed, val_fraction, group_of, "groups", dataset, grouping_method)
 
 
 def random_split(
@@ -280,7 +294,46 @@ def random_split(
     """Image-level stratified split that deliberately ignores groups (``"grouping": "none"``):
     the leaky baseline of a leakage study. Never use it to report results on BUSI."""
     records = _check_records(records, k, val_fraction)
-    return _build_split(records, k, seed, val_fraction, {r.id: r.id for r in records}, "none", dataset)
+    return _build_split(records, k, seed, val_fraction, {r.id: r.id for r in records}, "none", dataset,
+                        "none: every image its own group (leaky baseline)")
+
+
+LEGACY_GROUPING = ("not recorded (split written before busseg recorded its grouping method: exact and DCT-hash "
+                   "duplicates and patient ids, no crop/zoom search)")
+
+
+def grouping_description(split: dict) -> str:
+    """One line saying how the split's groups were found (older files: :data:`LEGACY_GROUPING`)."""
+    if split.get("grouping") == "none":
+        return "none (image-level random split)"
+    if split.get("grouping") == "official":
+        return "the dataset's official partition"
+    method = split.get("grouping_method")
+    if method is None:
+        return LEGACY_GROUPING
+    if isinstance(method, str):
+        return method
+    parts = []
+    near = method.get("near_duplicates") or {}
+    if near:
+        parts.append(f"exact + DCT-hash duplicates ({near.get('dct_hash_bits')} bits, Hamming <= "
+                     f"{near.get('max_hamming')})")
+    crop = method.get("crop_duplicates")
+    parts.append(f"crop/zoom/shift duplicates ({crop.get('method', 'geometric check')})" if crop else "no crop/zoom search")
+    if method.get("patients"):
+        parts.append("patient ids")
+    return "; ".join(parts)
+
+
+def leaked_test_images(split: dict, groups: dict[str, str]) -> dict[int, list[str]]:
+    """Per fold, the test images that share a group (``groups``: id -> group, e.g.
+    :meth:`AuditReport.group_map`) with an image of that fold's training or validation part:
+    the test images a model may have seen a copy of."""
+    out: dict[int, list[str]] = {}
+    for entry in split["folds"]:
+        seen = {groups[i] for i in entry["train"] + entry["val"] if i in groups}
+        out[entry["fold"]] = sorted(i for i in entry["test"] if i in groups and groups[i] in seen)
+    return out
 
 
 def save_split(split: dict, path: str | Path) -> None:

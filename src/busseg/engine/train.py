@@ -137,11 +137,50 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
         return loaded
     from busseg.data.audit import audit_dataset
 
-    groups = audit_dataset(prepared.records, read_masks=False).group_map()
+    report = audit_dataset(prepared.records, read_masks=False)
     new = make_split(prepared.records, k=recipe["cv_folds"], seed=recipe["seed"],
-                     val_fraction=recipe["validation"]["fraction"], groups=groups)
+                     val_fraction=recipe["validation"]["fraction"], groups=report.group_map(),
+                     grouping_method=report.grouping_method())
     new["dataset"] = dataset
     return new
+
+
+def check_run_split(run_dir: str | Path, split: dict, folds: list[int] | None = None) -> None:
+    """A run directory that already saved a split must continue with the same folds: raise
+    ConfigError naming ``run_dir/split.json`` when a fold's train/val/test ids differ."""
+    saved_path = Path(run_dir) / "split.json"
+    if not saved_path.is_file():
+        return
+    saved = load_split(saved_path)
+    for fold in folds if folds is not None else range(len(split["folds"])):
+        try:
+            same = fold_ids(saved, fold) == fold_ids(split, fold)
+        except ConfigError:
+            same = False
+        if not same:
+            raise ConfigError(
+                f"{saved_path}: this run was started on another split (fold {fold} differs from the split "
+                "given now); continue it with its own split file, or use another output folder"
+            )
+
+
+def run_split(out_dir: str | Path, split: str | Path | dict | None, prepared: PreparedData, recipe: dict,
+              dataset: str) -> dict:
+    """The split of the cross-validation in ``out_dir``: without ``split``, the one it saved
+    (``out_dir/split.json``) when it has one, so that a resumed run keeps its folds even when
+    busseg's default grouping has changed since; otherwise :func:`resolve_split`, checked
+    against the saved one."""
+    saved_path = Path(out_dir) / "split.json"
+    if split is None and saved_path.is_file():
+        saved = load_split(saved_path, prepared.records)
+        if len(saved["folds"]) != recipe["cv_folds"]:
+            raise ConfigError(f"{saved_path} has {len(saved['folds'])} folds, the recipe asks for "
+                              f"{recipe['cv_folds']} (cv_folds); use another output folder")
+        log.info("using the split saved with this run: %s", saved_path)
+        return saved
+    chosen = resolve_split(split, prepared, recipe, dataset)
+    check_run_split(out_dir, chosen)
+    return chosen
 
 
 def _check_trainable(recipe: dict) -> None:
@@ -381,7 +420,10 @@ def cross_validate(
     _check_trainable(recipe)
     prepare_output_dir(out_dir)
     prepared = load_dataset(dataset, root, recipe, data_options)
-    split = resolve_split(split, prepared, recipe, dataset)
+    # Without --split a rerun keeps the split it saved (the default grouping may have changed
+    # since); --overwrite retrains every fold, so it starts from the split asked for now.
+    split = (resolve_split(split, prepared, recipe, dataset) if overwrite
+             else run_split(out_dir, split, prepared, recipe, dataset))
     folds = list(range(len(split["folds"]))) if folds is None else folds
     missing = [k for k in folds if not 0 <= k < len(split["folds"])]
     if missing:

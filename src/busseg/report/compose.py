@@ -23,6 +23,7 @@ import yaml
 from busseg.engine.io import atomic_write_json, atomic_write_text
 from busseg.errors import BussegError, DataError
 from busseg.report import tables
+from busseg.report.claims import claims_section
 from busseg.report.figures import cd_diagram, dice_boxplot, read_training_log, training_curves
 from busseg.report.html import Cell, Document, Table, to_html, to_markdown
 from busseg.report.results import BenchmarkResults, ModelResults, load_benchmark
@@ -311,9 +312,10 @@ def _protocol_section(doc: Document, bench: BenchmarkResults) -> None:
 
 
 def build_report(directory: str | Path, *, cases: Sequence[str] | None = None, alpha: float = 0.05,
-                 qualitative: bool = True) -> dict[str, Path]:
+                 qualitative: bool = True, claims: bool | dict = True) -> dict[str, Path]:
     """Write ``report.md``, ``report.html``, ``report_numbers.json`` and ``figures/`` into the
-    results folder ``directory``; returns their paths."""
+    results folder ``directory``; returns their paths. ``claims``: the "Claims" section from the
+    packaged claims file (True), from a given ``model -> claim`` mapping, or none (False)."""
     directory = Path(directory)
     bench = load_benchmark(directory)
     quick = bench.protocol.get("name") == "quick"
@@ -328,6 +330,9 @@ def build_report(directory: str | Path, *, cases: Sequence[str] | None = None, a
         doc.paragraph("No finished cross-validation yet.")
     for dataset, models in bench.datasets.items():
         _dataset_section(doc, bench, dataset, models, numbers["datasets"], cases, alpha, qualitative)
+
+    if claims is not False and bench.datasets:
+        claims_section(doc, bench, numbers, None if claims is True else claims)
 
     all_models = list(dict.fromkeys(m for models in bench.datasets.values() for m in models))
     if all_models:
