@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "include_normal": False,
     "postprocess": None,
+    # re-estimate BatchNorm statistics over training batches before validation and testing
+    # (busseg.engine.batchnorm): None = off, {batches: N} = average over N batches (null: all)
+    "precise_bn": None,
     "notes": "",
 }
 
@@ -62,6 +65,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "include_normal": (bool,),
     "postprocess": (dict, type(None)),
+    "precise_bn": (dict, type(None)),
     "notes": (str,),
 }
 
@@ -157,6 +161,14 @@ def validate_recipe(recipe: dict, source: str = "<recipe>") -> dict:
             raise ConfigError(f"{source}: augmentation.{key} has the wrong type ({value!r})")
         if isinstance(value, list) and (len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)):
             raise ConfigError(f"{source}: augmentation.{key} must be a [min, max] pair")
+    precise_bn = full["precise_bn"]
+    if precise_bn is not None:
+        unknown_keys = sorted(set(precise_bn) - {"batches"})
+        if unknown_keys:
+            raise ConfigError(f"{source}: precise_bn: unknown key(s) {unknown_keys}; known: ['batches']")
+        batches = precise_bn.get("batches")
+        if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+            raise ConfigError(f"{source}: precise_bn.batches must be a positive integer or null, got {batches!r}")
     val = full["validation"]
     if not 0 < float(val.get("fraction", 0.2)) < 1:
         raise ConfigError(f"{source}: validation.fraction must be in (0, 1)")

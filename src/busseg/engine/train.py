@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from busseg.data import load_records
 from busseg.data.preprocess import PreparedData, prepare
 from busseg.data.splits import fold_ids, load_split, make_split, save_split
+from busseg.engine.batchnorm import PreciseBatchNorm
 from busseg.engine.data import InMemoryTensors, make_loader
 from busseg.engine.evaluate import evaluate_models, load_checkpoint
 from busseg.engine.io import atomic_torch_save, atomic_write_json
@@ -161,6 +162,16 @@ def _check_trainable(recipe: dict) -> None:
         )
 
 
+def _batchnorm_statistics(recipe: dict) -> str:
+    """What the scored model's BatchNorm layers use, in words, for run.json."""
+    cfg = recipe.get("precise_bn")
+    if cfg is None:
+        return "running averages from training (momentum)"
+    batches = cfg.get("batches")
+    amount = "all training batches" if batches is None else f"up to {batches} training batches"
+    return f"precise: re-estimated over {amount} with the current weights before every validation"
+
+
 def _monitor(recipe: dict) -> tuple[str, str]:
     info = model_info(recipe["model"])
     monitor = recipe["validation"].get("monitor", "val_dice")
@@ -238,6 +249,7 @@ def train_fold(
             "seed": recipe["seed"],
             "encoder_weights": weights_info,
             "objective": objective_info,
+            "batchnorm_statistics": _batchnorm_statistics(recipe),
             "versions": library_versions(),
         }
         atomic_write_json(out_dir / "run.json", run_record)
@@ -248,6 +260,10 @@ def train_fold(
         save_last=True, save_top_k=1, enable_version_counter=False,
     )
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
+    if recipe.get("precise_bn") is not None:
+        train_batches = make_loader(tensors, train_ids, recipe["batch_size"], shuffle=True,
+                                    seed=recipe["seed"], drop_last=True)
+        callbacks.append(PreciseBatchNorm(train_batches, recipe["precise_bn"].get("batches")))
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
