@@ -15,6 +15,7 @@ from busseg.models.dc_net import (
     CrossCorrelationFusion,
     DependencyAwareReinforcement,
     DifferentiableContextPooling,
+    SegmentationHead,
     self_reversal,
 )
 from conftest import make_blob_batch, train_steps
@@ -208,6 +209,38 @@ def test_dcp_kernel_is_learned_and_input_dependent():
     assert dcp.kernel.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="divisible by 2"):
         dcp(torch.randn(1, 4, 7, 8))
+
+
+@pytest.mark.parametrize("options", [{}, {"head_prior": 0.1}], ids=["default", "prior0.1"])
+def test_head_starts_at_the_same_logit_for_every_seed(options):
+    """The head reads non-negative features; with a zero-bias he_normal 1×1 head the initial
+    logit offset is a random sum of them (−4.9 and +2.7 for two seeds at half paper width)."""
+    batch = make_blob_batch(4, 32, 1, seed=3)
+    prior_logit = torch.logit(torch.tensor(options.get("head_prior", 0.5)))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = create_model("dc_net", **options, **SMALL).train()
+        with torch.no_grad():
+            logits = model(batch["image"]).seg
+        torch.testing.assert_close(logits.mean(), prior_logit, atol=1e-4, rtol=0, msg=f"seed {seed}")
+    with pytest.raises(ConfigError, match="head_prior"):
+        create_model("dc_net", head_prior=1.0, **SMALL)
+
+
+def test_normalised_head_is_one_1x1_convolution_in_eval_mode():
+    torch.manual_seed(9)
+    head = SegmentationHead(6).eval()
+    with torch.no_grad():
+        head.norm.running_mean.uniform_(0, 3)
+        head.norm.running_var.uniform_(0.5, 2)
+        head.norm.weight.uniform_(0.5, 1.5)
+        head.norm.bias.uniform_(-1, 1)
+    bn, conv = head.norm, head.conv
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale[None, :, None, None]
+    bias = conv.bias + (conv.weight[0, :, 0, 0] * (bn.bias - scale * bn.running_mean)).sum()
+    x = torch.rand(2, 6, 5, 5)
+    torch.testing.assert_close(head(x), F.conv2d(x, weight, bias))
 
 
 # --------------------------------------------------------------------------------- CCF, DaR
