@@ -98,11 +98,11 @@ Stabilising options (NOT in the paper; the model's defaults are the paper's equa
 the "convex combination of local neuron activations" the paper describes, and a constant kernel
 gives exactly its average-pooling special case) and ``ccf_weights="sigmoid"`` squashes ω of
 Eq. 14 into (0, 1) gates. Measured with the dense ρ, the reflect-padded DCP and the plain
-he_normal head (``benchmarks/dc_net_options.py --grid stabilisers --set head_norm=false``:
-widths 16…256, 64² phantoms, Adam 3e-4, batch 4, 80 steps, then 40 new phantoms; seeds 0 and
-1; eval-mode Dice): literal equations — eval Dice 0.88 / 0.83 but
-eval logits up to 4.6e21 (3.4e24 with re-estimated BatchNorm statistics): numerically unsafe;
-softmax DCP only — 0.92 / 0.81, |logit| ≤ 14; sigmoid CCF only — 0.90 / 0.84, |logit| ≤ 13;
+he_normal head with zero bias (``benchmarks/dc_net_options.py --grid stabilisers --set
+head_norm=false --set head_prior=0.5``: widths 16…256, 64² phantoms, Adam 3e-4, batch 4, 80
+steps, then 40 new phantoms; seeds 0 and 1; eval-mode Dice): literal equations — 0.88 / 0.83
+but eval logits up to 4.6e21 (3.4e24 with re-estimated BatchNorm statistics): numerically
+unsafe; softmax DCP only — 0.92 / 0.81, |logit| ≤ 14; sigmoid CCF only — 0.90 / 0.84, |logit| ≤ 13;
 both — 0.91 / 0.84, |logit| ≤ 13 (train-mode Dice 0.85–0.92 throughout). The CCF gate alone
 keeps eval mode bounded, so the recipe uses ``ccf_weights="sigmoid"`` only and keeps the
 authors' raw DCP kernel (``dcp_kernel="none"``).
