@@ -214,6 +214,7 @@ def test_protocols():
     assert recipe["image_size"] == 128 and recipe["epochs"] == 1 and recipe["cv_folds"] == 2
     assert recipe["augmentation"]["hflip"] == 0.5 and recipe["encoder_weights"] == "none"
     assert recipe["optimizer"]["lr"] == 0.01  # the method's optimiser is kept
+    assert recipe["precise_bn"] == {"batches": 32}  # scored with statistics of the final weights
     with pytest.raises(ConfigError, match="neither 'paper', 'quick'"):
         resolve_protocol("fast")
     # a model option no model accepts is refused while planning, before the first model trains

@@ -15,6 +15,7 @@ from busseg.models.dc_net import (
     CrossCorrelationFusion,
     DependencyAwareReinforcement,
     DifferentiableContextPooling,
+    SegmentationHead,
     self_reversal,
 )
 from conftest import make_blob_batch, train_steps
@@ -34,9 +35,10 @@ def small_model():
 # ------------------------------------------------------------------------------ model outputs
 
 
-def test_output_shapes(small_model):
-    small_model.train()
-    out = small_model(torch.randn(2, 1, 64, 64))
+def test_output_shapes():
+    torch.manual_seed(0)
+    text_layout = create_model("dc_net", dar_layout="all", **SMALL).train()
+    out = text_layout(torch.randn(2, 1, 64, 64))
     assert isinstance(out, ModelOutput)
     assert out.seg.shape == (2, 1, 64, 64)
     assert set(out.aux) == {"saliency_fg", "saliency_bg"}
@@ -73,20 +75,54 @@ def test_bad_options_are_config_errors(small_model):
 
 
 def test_paper_size_parameter_count():
-    # Paper: 54.4 M (widths unpublished); ours at widths 32…512 is documented as 44.8 M.
-    with torch.device("meta"):  # shapes only: no 45 M weights to draw
-        model = create_model("dc_net")
-    n = count_parameters(model)
-    assert 44.0e6 < n < 45.5e6
-    assert abs(n - 54.4e6) / 54.4e6 < 0.2
+    """CCF's ρ is a dense Conv1d(c, c, kernel c) per side (authors' code): 2c³ + 2c weights per
+    CCF, ≈ 35 M in the first one (c = 256). Totals of both DaR layouts are pinned (see the
+    module docstring for how they compare with the paper's 54.4 M)."""
+    with torch.device("meta"):  # shapes only: nothing to draw
+        authors = create_model("dc_net")
+        text = create_model("dc_net", dar_layout="all")
+    for block, c in zip(authors.coupling.decoder, (256, 128, 64, 32)):
+        ccf = block.fusion
+        assert count_parameters(ccf.relation_encoder) == count_parameters(ccf.relation_decoder) == c**3 + c
+    assert 34.5e6 < count_parameters(authors.coupling.decoder[0].fusion) < 35.0e6
+    n_authors, n_text = count_parameters(authors), count_parameters(text)
+    assert 72.2e6 < n_authors < 72.5e6, n_authors
+    assert 83.0e6 < n_text < 83.3e6, n_text
+    # the light units hold no parameters beyond their two embeddings
+    assert n_text - n_authors == sum(
+        count_parameters(unit.dar) for j, unit in enumerate(text.coupling.aggregation) if j != 4
+    )
+
+
+def test_dar_layouts():
+    torch.manual_seed(0)
+    authors = create_model("dc_net", **SMALL).train()  # default: full DaR at the bottleneck only
+    text = create_model("dc_net", dar_layout="all", **SMALL).train()
+    x = torch.randn(2, 1, 32, 32)
+    assert set(authors(x).extras) == {"dar_attention_5"}
+    assert set(text(x).extras) == {f"dar_attention_{j}" for j in range(1, 10)}
+    kinds = [type(unit.dar).__name__ for unit in authors.coupling.aggregation]
+    assert kinds == ["LightReinforcement"] * 4 + ["DependencyAwareReinforcement"] + ["LightReinforcement"] * 4
+    with pytest.raises(ConfigError, match="dar_layout"):
+        create_model("dc_net", dar_layout="some", **SMALL)
 
 
 # ------------------------------------------------------------------------------------- DCP
 
 
+def _reflect(i: int, n: int) -> int:
+    """Index i of a grid of n after reflect padding (replicate when the grid is too small)."""
+    if n == 1:
+        return 0
+    while not 0 <= i < n:
+        i = -i if i < 0 else 2 * (n - 1) - i
+    return i
+
+
 def dcp_direct_loop(z, weight, bias, context, r=2):
-    """Eqs. 8–11 written out: flatten windows, U = Z̄ Δ̄ᵀ (m×m), band matrix H over the 2-D grid
-    of windows, Ū = m/ΣH · (H ⊙ U) 1, one window and one channel at a time."""
+    """Eqs. 8–11 written out: flatten windows, U = Z̄ Δ̄ᵀ (m×m), H over the 2-D grid of windows
+    reflect-padded at the border (so H counts (2τ+1)² neighbours in every row and m/ΣH is the
+    constant 1/(2τ+1)²), Ū = m/ΣH · (H ⊙ U) 1, one window and one channel at a time."""
     b, c, h, w = z.shape
     gh, gw = h // r, w // r
     m = gh * gw
@@ -95,9 +131,11 @@ def dcp_direct_loop(z, weight, bias, context, r=2):
     windows = [(gy, gx) for gy in range(gh) for gx in range(gw)]  # raster order
     H = torch.zeros(m, m, dtype=z.dtype)
     for p, (py, px) in enumerate(windows):
-        for q, (qy, qx) in enumerate(windows):
-            if abs(py - qy) <= context and abs(px - qx) <= context:
-                H[p, q] = 1.0
+        for dy in range(-context, context + 1):
+            for dx in range(-context, context + 1):
+                q = _reflect(py + dy, gh) * gw + _reflect(px + dx, gw)
+                H[p, q] += 1.0
+    assert torch.all(H.sum(1) == (2 * context + 1) ** 2)
     for bi in range(b):
         delta = torch.zeros(h, w, dtype=z.dtype)  # the 2×2 convolution, written out
         for i in range(h):
@@ -125,13 +163,32 @@ def test_dcp_matches_direct_loop(context):
     torch.testing.assert_close(dcp(z), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_dcp_special_case_is_average_pooling():
-    # Paper, after Eq. 10: H = identity and Δ̄ ≡ 1/r² make Eq. 9 an average pooling.
-    dcp = DifferentiableContextPooling(4, context=0)
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_dcp_special_case_is_average_pooling(context):
+    # Paper, after Eq. 10: Δ̄ ≡ 1/r² makes Eq. 9 an average pooling; with the reflect-padded
+    # border every window, corner and edge included, keeps that gain whatever τ.
+    dcp = DifferentiableContextPooling(4, context=context)
     torch.nn.init.zeros_(dcp.kernel.weight)
     torch.nn.init.constant_(dcp.kernel.bias, 0.25)
-    z = torch.randn(2, 4, 8, 8)
+    z = torch.randn(2, 4, 12, 16)
     torch.testing.assert_close(dcp(z), F.avg_pool2d(z, 2))
+
+
+@pytest.mark.parametrize("context", [1, 2])
+def test_dcp_corner_edge_and_interior_windows_have_the_same_gain(context):
+    torch.manual_seed(8)
+    dcp = DifferentiableContextPooling(3, context=context)
+    z = torch.ones(1, 3, 16, 16)
+    with torch.no_grad():  # a kernel that is the same in every window: gain = Σ_ν Δ̄_ν
+        torch.nn.init.zeros_(dcp.kernel.weight)
+        dcp.kernel.bias.fill_(0.3)
+    out = dcp(z)[0, 0]
+    corner, edge, interior = out[0, 0], out[0, 4], out[4, 4]
+    torch.testing.assert_close(torch.stack([corner, edge]), torch.stack([interior, interior]))
+    torch.testing.assert_close(interior, torch.tensor(4 * 0.3))
+    # a grid smaller than the neighbourhood (2×2 windows, τ = 2) still has one gain
+    small = dcp(torch.ones(1, 3, 4, 4))
+    torch.testing.assert_close(small, torch.full_like(small, 4 * 0.3))
 
 
 def test_dcp_softmax_kernel_is_a_convex_combination():
@@ -154,21 +211,58 @@ def test_dcp_kernel_is_learned_and_input_dependent():
         dcp(torch.randn(1, 4, 7, 8))
 
 
+@pytest.mark.parametrize("options", [{}, {"head_prior": 0.1}], ids=["default", "prior0.1"])
+def test_head_starts_at_the_same_logit_for_every_seed(options):
+    """The head reads non-negative features; with a zero-bias he_normal 1×1 head the initial
+    logit offset is a random sum of them (−4.9 and +2.7 for two seeds at half paper width)."""
+    batch = make_blob_batch(4, 32, 1, seed=3)
+    prior_logit = torch.logit(torch.tensor(options.get("head_prior", 0.01)))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = create_model("dc_net", **options, **SMALL).train()
+        with torch.no_grad():
+            logits = model(batch["image"]).seg
+        torch.testing.assert_close(logits.mean(), prior_logit, atol=1e-4, rtol=0, msg=f"seed {seed}")
+    with pytest.raises(ConfigError, match="head_prior"):
+        create_model("dc_net", head_prior=1.0, **SMALL)
+
+
+def test_normalised_head_is_one_1x1_convolution_in_eval_mode():
+    torch.manual_seed(9)
+    head = SegmentationHead(6).eval()
+    with torch.no_grad():
+        head.norm.running_mean.uniform_(0, 3)
+        head.norm.running_var.uniform_(0.5, 2)
+        head.norm.weight.uniform_(0.5, 1.5)
+        head.norm.bias.uniform_(-1, 1)
+    bn, conv = head.norm, head.conv
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale[None, :, None, None]
+    bias = conv.bias + (conv.weight[0, :, 0, 0] * (bn.bias - scale * bn.running_mean)).sum()
+    x = torch.rand(2, 6, 5, 5)
+    torch.testing.assert_close(head(x), F.conv2d(x, weight, bias))
+
+
 # --------------------------------------------------------------------------------- CCF, DaR
 
 
 def test_ccf_against_equations():
     torch.manual_seed(3)
-    ccf = CrossCorrelationFusion(6).eval()
-    x_enc, x_dec = torch.randn(2, 6, 8, 8), torch.randn(2, 6, 4, 4)
+    c = 6
+    ccf = CrossCorrelationFusion(c).eval()
+    x_enc, x_dec = torch.randn(2, c, 8, 8), torch.randn(2, c, 4, 4)
     out = ccf(x_enc, x_dec)
-    assert out.shape == (2, 6, 8, 8)
+    assert out.shape == (2, c, 8, 8)
     up = F.interpolate(x_dec, size=(8, 8), mode="bilinear", align_corners=False)
     M = x_enc.flatten(2) @ up.flatten(2).transpose(1, 2) / 64  # Eq. 13 (mean over pixels)
-    w_e = ccf.relation_encoder.weight.view(6)
-    w_d = ccf.relation_decoder.weight.view(6)
-    omega_e = M @ w_e + ccf.relation_encoder.bias  # ρ on rows M[p, :]
-    omega_d = M.transpose(1, 2) @ w_d + ccf.relation_decoder.bias  # ρ on columns M[:, q]
+    # Eq. 14, ρ as in the authors' code: a Conv1d with c input channels, c outputs and kernel c,
+    # i.e. a dense map of the whole relation matrix to c weights; rows of M enter as the input
+    # channels for ω_E, columns for ω_D
+    w_e, b_e = ccf.relation_encoder.weight, ccf.relation_encoder.bias
+    w_d, b_d = ccf.relation_decoder.weight, ccf.relation_decoder.bias
+    assert w_e.shape == w_d.shape == (c, c, c)
+    omega_e = torch.einsum("opq,bpq->bo", w_e, M) + b_e
+    omega_d = torch.einsum("oqp,bpq->bo", w_d, M) + b_d
     fused = torch.cat([omega_e[..., None, None] * x_enc, omega_d[..., None, None] * up], 1)
     torch.testing.assert_close(out, ccf.merge(fused))
 

@@ -298,8 +298,17 @@ def test_cv_rerun_reuses_only_folds_of_the_same_recipe_data_and_split(tmp_path, 
         cross_validate(tiny_recipe(epochs=1, batch_size=8), out, data_options=PHANTOMS, **QUIET)
     with pytest.raises(ConfigError, match="other images or masks|another split"):
         cross_validate(tiny_recipe(epochs=1), out, data_options={**PHANTOMS, "seed": 5}, **QUIET)
-    with pytest.raises(ConfigError, match=r"split.json holds another split"):
+    # without --split a rerun keeps the split it saved (so another seed cannot re-split it) ...
+    with pytest.raises(ConfigError, match=r"fold_0 holds a finished run of another recipe \(seed: 3 -> 4\)"):
         cross_validate(tiny_recipe(epochs=1, seed=4), out, data_options=PHANTOMS, **QUIET)
+    # ... and another split given explicitly is refused
+    other = json.loads((out / "split.json").read_text())
+    other["folds"][0], other["folds"][1] = other["folds"][1], other["folds"][0]
+    for k, fold in enumerate(other["folds"]):
+        fold["fold"] = k
+    (tmp_path / "other_split.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match=r"another split"):
+        cross_validate(tiny_recipe(epochs=1), out, data_options=PHANTOMS, split=tmp_path / "other_split.json", **QUIET)
     assert _folder_state(out) == before, "a refused rerun changed the cv folder"
     # a fold left over from another recipe is refused even when only the other fold is new
     import shutil

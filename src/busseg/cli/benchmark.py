@@ -35,7 +35,7 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
                         "applied to every model")
     g.add_argument("--quick", action="store_true",
                    help="the fixed-budget quick protocol: 128x128, 3 epochs, batch 8, same augmentation, no "
-                        "pretrained weights, 3 folds (same as --protocol quick)")
+                        "pretrained weights, 3 folds, precise BatchNorm statistics (same as --protocol quick)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                    help="recipe override applied after the protocol, to every model (--set epochs=5) or to one "
                         "model (--set unet:model_options.base_channels=8) (repeatable)")

@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "include_normal": False,
     "postprocess": None,
+    # re-estimate BatchNorm statistics over training batches before validation and testing
+    # (busseg.engine.batchnorm): None = off, {batches: N} = average over N batches (null: all)
+    "precise_bn": None,
     "notes": "",
 }
 
@@ -64,6 +67,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "include_normal": (bool,),
     "postprocess": (dict, type(None)),
+    "precise_bn": (dict, type(None)),
     "notes": (str,),
 }
 
@@ -178,6 +182,13 @@ EARLY_STOPPING_SCHEMA: dict[str, Callable] = {
     "mode": choice("min", "max"),
 }
 
+_POSITIVE_INTEGER = number(1, integer=True)
+#: Precise BatchNorm statistics (``busseg.engine.batchnorm``): how many training batches
+#: (null: all of them).
+PRECISE_BN_SCHEMA: dict[str, Callable] = {
+    "batches": lambda value: None if value is None else _POSITIVE_INTEGER(value),
+}
+
 
 def check_section(section: dict, schema: dict[str, Callable], where: str, source: str) -> None:
     """Refuse keys ``schema`` does not know and values its checks reject, naming the field."""
@@ -209,6 +220,8 @@ def _check_nested(full: dict, source: str) -> None:
     check_section(full["validation"], VALIDATION_SCHEMA, "validation", source)
     if full["early_stopping"] is not None:
         check_section(full["early_stopping"], EARLY_STOPPING_SCHEMA, "early_stopping", source)
+    if full["precise_bn"] is not None:
+        check_section(full["precise_bn"], PRECISE_BN_SCHEMA, "precise_bn", source)
     if full["postprocess"] is not None:
         from busseg.postprocess import PostprocessConfig
 

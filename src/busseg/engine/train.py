@@ -32,6 +32,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from busseg.data.preprocess import PreparedData
 from busseg.data.splits import fold_ids, load_split, make_split, save_split, validation_fraction_mismatch
+from busseg.engine.batchnorm import PreciseBatchNorm
 from busseg.engine.data import InMemoryTensors, is_main_process, load_dataset, make_loader
 from busseg.engine.evaluate import evaluate_predictor
 from busseg.engine.io import atomic_torch_save, atomic_write_json
@@ -204,6 +205,16 @@ def _check_trainable(recipe: dict) -> None:
             raise ConfigError(f"recipe {field} {metric!r}: model {recipe['model']!r} has no classification output")
 
 
+def _batchnorm_statistics(recipe: dict) -> str:
+    """What the scored model's BatchNorm layers use, in words, for run.json."""
+    cfg = recipe.get("precise_bn")
+    if cfg is None:
+        return "running averages from training (momentum)"
+    batches = cfg.get("batches")
+    amount = "all training batches" if batches is None else f"up to {batches} training batches"
+    return f"precise: re-estimated over {amount} with the current weights before every validation"
+
+
 def _monitor(recipe: dict) -> tuple[str, str]:
     info = model_info(recipe["model"])
     monitor = recipe["validation"].get("monitor", "val_dice")
@@ -305,6 +316,7 @@ def train_fold(
             "seed": recipe["seed"],
             "encoder_weights": weights_info,
             "objective": objective_info,
+            "batchnorm_statistics": _batchnorm_statistics(recipe),
             "versions": library_versions(),
         }
         atomic_write_json(out_dir / "run.json", run_record)
@@ -317,6 +329,10 @@ def train_fold(
     progress_callbacks, show_bar = training_progress(progress)
     callbacks = [checkpoint, last_epoch_checkpoint(out_dir / "checkpoints"),
                  LearningRateMonitor(logging_interval="epoch"), *progress_callbacks, *(callbacks or [])]
+    if recipe.get("precise_bn") is not None:
+        train_batches = make_loader(tensors, train_ids, recipe["batch_size"], shuffle=True,
+                                    seed=recipe["seed"], drop_last=True)
+        callbacks.append(PreciseBatchNorm(train_batches, recipe["precise_bn"].get("batches")))
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),

@@ -34,17 +34,25 @@ Choices where the paper is silent or ambiguous (each tied to its equation):
   four DCPs divide by 16, the four CCFs multiply by 16).
 - Eqs. 7–11 (DCP): window r = 2; ``Δ_Z`` is ONE map ``[h, w]`` shared by all channels (Eq. 8
   uses the same ``Δ̄`` for every ``Z^k``), produced by a 2×2 convolution C → 1 with "same"
-  padding (one zero row/column at the bottom/right) and used raw, without softmax. The band
-  matrix H of Eq. 10 with τ = 1 is read as the paper's own example says ("tridiagonal …
-  associates eight neighbourhoods"): window q is in the band of window p when their grid rows
-  and grid columns each differ by at most τ (a (2τ+1)² neighbourhood of windows; windows past
-  the border contribute nothing). The smooth factor ``m / ΣH`` is the global one of Eq. 11.
+  padding (one zero row/column at the bottom/right) and used raw, without softmax (as the
+  authors' code). The band matrix H of Eq. 10 with τ = 1 is read as the paper's own example
+  says ("tridiagonal … associates eight neighbourhoods"): window q is in the band of window p
+  when their grid rows and grid columns each differ by at most τ (a (2τ+1)² neighbourhood of
+  windows). At the border the grid of windows is reflect-padded, as in the authors' code, so
+  every row of H counts (2τ+1)² windows and the smooth factor ``m / ΣH`` of Eq. 11 is the
+  constant ``1/(2τ+1)²`` (the paper's own value for every interior window): every window has
+  the same gain, and ``Δ̄ ≡ 1/r²`` gives exactly average pooling for any τ.
   ``pooling_context=0`` gives the paper's DCP-bar (no context). Feature sizes must be even.
 - Eqs. 13–15 (CCF): ``X̂_D`` is bilinearly up-sampled; ``M`` is divided by ``h·w`` (a mean
-  instead of a sum over pixels: the same function up to a rescaling of ρ's weights, but it
-  keeps ω of order one whatever the resolution, so the he_normal start is sensible); the row
-  and column mappings ρ are two separate Conv1d(1, 1, kernel c) (with bias), and ω is used
-  raw (no activation), as Eq. 15 writes it.
+  instead of a sum over pixels; the authors' code sums. The same function up to a rescaling of
+  ρ's weights, but it keeps ω of order one whatever the resolution, so the he_normal start is
+  sensible and Adam's step on ρ does not grow with h·w). The mapping ρ of Eq. 14, "a vertical
+  convolution with the kernel size of c×1", is, as in the authors' code, a
+  ``Conv1d(c, c, kernel_size=c)`` with bias for each side: the c rows of M (for ω_D, of Mᵀ) are
+  its input channels and the kernel spans the whole row, so ω = ρ(M) is a DENSE map of all c²
+  correlations to c weights (c³ + c parameters per side, 33.6 M for the two of the first CCF
+  at c = 256) — not one c-tap kernel shared by the rows. ω is used raw in the paper's
+  equations; see the stabilising options below for the recipe's choice.
 - Auxiliary stream (III-C3): ``E_j^b`` = 3×3 unit + 2×2 max-pooling (none in ``E_5^b``);
   ``D_j^b`` = 3×3 unit, bilinear ×2 up-sampling, concatenation with the pre-pooling feature of
   ``E_{5-j}^b`` and a 3×3 unit (a plain U-Net decoder: CCF replaced by concatenation).
@@ -53,17 +61,29 @@ Choices where the paper is silent or ambiguous (each tied to its equation):
 - Eqs. 16–17 (DaR): the "1×1 convolutional layer" after global average pooling is a plain
   convolution with bias (no norm: it acts on a 1×1 map); no 1/√c scaling inside ψ (none is
   written); the final ``f_{1×1}`` is a convolution unit c → 2c.
+- DaR placement (``dar_layout``): the text (III-C3) feeds every one of the nine aggregation
+  units to a DaR module (``"all"``); the authors' code uses the full DaR at the bottleneck unit
+  ``A_5`` only and a lighter one without attention at the other eight (``"bottleneck"``,
+  :class:`LightReinforcement`: the residual ``F^f ⊕ φ(F^b)`` of Eq. 17's output, our reading of
+  "no attention"). Text and Table V cannot both hold: the text's layout with the dense ρ has
+  83.10 M parameters. The default is ``"bottleneck"``, the layout of the authors' code and the
+  one closer to the reported size (see Parameters).
 - Initialisation "he_normal" (IV-A) as Keras defines it: truncated normal (±2σ) with
   σ = √(2 / fan_in) / 0.8796 so the truncated law has variance 2 / fan_in; biases zero.
 
-Parameters: 44.76 M at ``widths=(32, 64, 128, 256, 512)`` with one input channel (the paper
-reports 54.4 M, Table V, without giving the widths; the count does not depend on the input
-size): decomposition subnet 0.78 M, coupling encoder 3.14 M, decoder 4.70 M, auxiliary stream
-4.70 M, aggregation units 31.44 M (of which 18.9 M is the bottleneck unit: each DaR's six dilated
-3×3 units cost 54c²). The remaining gap to 54.4 M would need unpublished widths; we do not
-guess them. Compute at 256×256, one image: 96.6 GFLOPs = 48.3 GMACs
-(``torch.utils.flop_counter``); Tables III/V's "FLOPs (M) 108.9" is twice the parameter count
-and cannot be the FLOPs of a 256² forward pass.
+Parameters (one input channel, ``widths=(32, 64, 128, 256, 512)``; the count does not depend
+on the input size): 72.29 M with the default ``dar_layout="bottleneck"``, 83.10 M with the
+text's ``"all"``; the paper reports 54.4 M (Table V) and the notes on the authors' code 54.41 M
+at these widths. Break-down of the default: decomposition subnet 0.78 M, coupling encoder
+3.14 M, decoder 43.04 M (of which 38.34 M are the four dense ρ pairs, 34.74 M the first CCF),
+auxiliary stream 4.70 M, aggregation units 20.63 M (18.89 M of them the bottleneck unit with the
+full DaR: its six dilated 3×3 units cost 54c² = 14.2 M at c = 512). The dense ρ matches the
+authors' code (≈ 35 M in the first CCF), so the 17.9 M still above 54.41 M lie elsewhere —
+presumably in a bottleneck DaR that is narrower or lighter in the authors' code than the text
+describes (the text's DaR at c = 512 alone costs 16.3 M); the notes do not say, and we do not
+guess. Compute at 256×256, one image (``torch.utils.flop_counter``): 59.1 GFLOPs with the
+default layout, 96.7 with ``"all"``; Tables III/V's "FLOPs (M) 108.9" is twice the parameter
+count and cannot be the FLOPs of a 256² forward pass.
 
 Numerics: DCP is quadratic in its input (the kernel Δ_Z is computed from Z) and CCF cubic (ω
 comes from X_Eᵀ X_D). In training mode every following BatchNorm renormalises, so nothing
@@ -73,13 +93,36 @@ overflows to inf/NaN. Worse, even with trained statistics, a per-image change of
 by a factor s becomes about s^16 after the encoder's DCPs and s^81 after the decoder's CCFs,
 so the literal form is fragile in eval mode; see the stabilising options below.
 
-Stabilising options (NOT in the paper; the defaults are the paper's equations):
+Stabilising options (NOT in the paper; the model's defaults are the paper's equations):
 ``dcp_kernel="softmax"`` normalises each window's kernel Δ̄_Z over its r² entries (so Eq. 7 is
 the "convex combination of local neuron activations" the paper describes, and a constant kernel
 gives exactly its average-pooling special case) and ``ccf_weights="sigmoid"`` squashes ω of
-Eq. 14 into (0, 1) gates. Measured here (widths 8…32, 64² phantoms, 40 Adam steps, then eval on
-new images): the literal form gave eval logits of 1.9e12 (Dice 0.11; 0.42 in train mode),
-both options together gave |logits| < 10 (Dice 0.60; 0.87 in train mode). The recipe uses them.
+Eq. 14 into (0, 1) gates. Measured with the dense ρ, the reflect-padded DCP and the plain
+he_normal head with zero bias (``benchmarks/dc_net_options.py --grid stabilisers --set
+head_norm=false --set head_prior=0.5``: widths 16…256, 64² phantoms, Adam 3e-4, batch 4, 80
+steps, then 40 new phantoms; seeds 0 and 1; eval-mode Dice): literal equations — 0.88 / 0.83
+but eval logits up to 4.6e21 (3.4e24 with re-estimated BatchNorm statistics): numerically
+unsafe; softmax DCP only — 0.92 / 0.81, |logit| ≤ 14; sigmoid CCF only — 0.90 / 0.84, |logit| ≤ 13;
+both — 0.91 / 0.84, |logit| ≤ 13 (train-mode Dice 0.85–0.92 throughout). The CCF gate alone
+keeps eval mode bounded, so the recipe uses ``ccf_weights="sigmoid"`` only and keeps the
+authors' raw DCP kernel (``dcp_kernel="none"``).
+
+Start (``head_norm``, ``head_prior``; not in the paper, which only says "he_normal"): the head
+``D_5`` reads ``A_9``, whose channels are non-negative (ReLU outputs and the self-reversed
+background φ(F^b) ≥ 0, mean ≈ 2.3), so a zero-bias he_normal 1×1 convolution starts at a
+logit offset that is a random sum of them: −4.9, +2.7, +7.2, −3.1 for seeds 0–3 (widths
+16…256), and with the harmonic term (λ4 = 10) the first loss ranged from 2 to 55 units and
+the phantom Dice after 80 steps from 0.90 down to 0.70 with the seed. With ``head_norm`` the
+head batch-normalises its input before the 1×1 convolution (in eval mode the two fold into a
+single 1×1 convolution, the paper's layer), so its starting logit is its bias for every seed;
+the bias is ``logit(head_prior)``, a class prior as for focal-type losses (Lin et al. 2017,
+RetinaNet, section 4.1). Measured (``benchmarks/dc_net_options.py --grid head``, seeds 0–2,
+train-mode / eval-mode Dice after 80 steps): prior 0.5 (p = 0.5 everywhere, the harmonic term
+is 10 of 11 loss units at step 1) 0.43/0.50, 0.32/0.40, 0.32/0.34 — the start is neutral but
+the background-dominated harmonic term stalls learning; prior 0.1: 0.90/0.86, 0.89/0.87,
+0.85/0.82; prior 0.01: 0.91/0.89, 0.92/0.89, 0.88/0.87. Default: ``head_norm=True``,
+``head_prior=0.01``; ``head_norm=False`` keeps the plain head (its bias still starts at
+``logit(head_prior)``).
 
 Variants (section IV-C, IV-D, IV-E):
 
@@ -92,6 +135,8 @@ Variants (section IV-C, IV-D, IV-E):
 - ``fusion="ccf" | "concat" | "add" | "none"`` for the decoder (``"none"`` = the paper's
   "Baseline" without skip features).
 - ``dcp_kernel="none" | "softmax"``, ``ccf_weights="none" | "sigmoid"`` (see above).
+- ``dar_layout="bottleneck" | "all"`` (see DaR placement), ``head_norm``, ``head_prior`` (see
+  Start).
 """
 
 from __future__ import annotations
@@ -113,12 +158,18 @@ POOLINGS = ("dcp", "max", "avg", "strided_conv")
 KERNEL_ACTIVATIONS = ("none", "softmax")  # on DCP's pooling kernel Δ_Z
 WEIGHT_ACTIVATIONS = ("none", "sigmoid")  # on CCF's channel weights ω
 FUSIONS = ("ccf", "concat", "add", "none")
+#: where the full DaR sits: the bottleneck only, light units elsewhere (authors' code), or all
+#: nine aggregation units (the paper's text)
+DAR_LAYOUTS = ("bottleneck", "all")
+BOTTLENECK_UNIT = 4  # A_5, 0-based
 
 #: (1×1 unit width, 3×3 unit width) of the attention blocks B_1 … B_5 (section III-B1).
 DECOMPOSITION_WIDTHS = ((32, 64), (64, 128), (128, 256), (256, 64), (64, 32))
 COUPLING_WIDTHS = (32, 64, 128, 256, 512)
 #: Four 2×2 pooling steps in the coupling subnet and two 4×4 steps in the decomposition subnet.
 SIZE_DIVISOR = 16
+#: Foreground probability the segmentation head starts at (``head_prior``; see the docstring).
+HEAD_PRIOR = 0.01
 
 
 def self_reversal(features: torch.Tensor) -> torch.Tensor:
@@ -235,12 +286,6 @@ class DecompositionSubnet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def band_sum(size: int, context: int) -> int:
-    """Σ over the positions i of a 1-D grid of ``size`` of the number of positions within
-    ``context`` of i (the 2-D count ΣH of Eq. 11 is the product of the two axes' sums)."""
-    return sum(min(i + context, size - 1) - max(i - context, 0) + 1 for i in range(size))
-
-
 class DifferentiableContextPooling(nn.Module):
     """Differentiable context pooling, DCP (Eqs. 7–11), with window r = ``window``.
 
@@ -248,8 +293,15 @@ class DifferentiableContextPooling(nn.Module):
     ``Z̄^k Δ̄_Zᵀ`` holds window p's features weighted by the kernel of every window q, and H keeps
     the q in p's neighbourhood. Summing over q first, this equals
     ``Ū^k_p = (m/ΣH) · Σ_ν Z̄^k_{p,ν} · Σ_{q ∈ N(p)} Δ̄_{q,ν}``, which is computed here with
-    ``pixel_unshuffle`` (the window flattening of Fig. 2d) and a (2τ+1)² box sum over the grid of
-    windows: no m×m matrix and no loop. See the module docstring for the reading of H.
+    ``pixel_unshuffle`` (the window flattening of Fig. 2d) and a (2τ+1)² box mean over the grid
+    of windows: no m×m matrix and no loop.
+
+    Border: the grid of window kernels is reflect-padded by τ before the box mean (as the
+    authors' code does), so every window, corner and edge included, has (2τ+1)² neighbours,
+    ΣH = m·(2τ+1)² and the smooth factor m/ΣH is the constant 1/(2τ+1)²: a kernel that is the
+    same in every window gives every window the same gain. (With H cut at the border and the
+    global factor, corner/edge/interior windows had gains 0.53/0.79/1.19 on an 8×8 grid.) A grid
+    axis of at most τ windows, too short to reflect, is replicate-padded instead.
     """
 
     def __init__(
@@ -278,16 +330,17 @@ class DifferentiableContextPooling(nn.Module):
         if self.kernel_activation == "softmax":  # each window's kernel: a convex combination
             kernel_windows = torch.softmax(kernel_windows, dim=1)
         if self.context > 0:
-            k = 2 * self.context + 1
-            # Σ_{q ∈ N(p)} Δ̄_q, zero beyond the border: a zero-padded mean times the window
-            # size (``divisor_override=1`` says the same but is dropped by the ONNX exporter)
-            kernel_windows = F.avg_pool2d(
-                kernel_windows, k, stride=1, padding=self.context, count_include_pad=True
-            ) * (k * k)
+            kernel_windows = self._neighbourhood_mean(kernel_windows)
         feature_windows = F.pixel_unshuffle(z, r).view(b, c, r * r, gh, gw)  # Z̄^k
-        pooled = (feature_windows * kernel_windows.unsqueeze(1)).sum(dim=2)
-        smooth = (gh * gw) / (band_sum(gh, self.context) * band_sum(gw, self.context))
-        return pooled * smooth
+        return (feature_windows * kernel_windows.unsqueeze(1)).sum(dim=2)
+
+    def _neighbourhood_mean(self, kernel_windows: torch.Tensor) -> torch.Tensor:
+        """(m/ΣH) · Σ_{q ∈ N(p)} Δ̄_q over the reflect-padded grid of windows."""
+        t = self.context
+        gh, gw = kernel_windows.shape[-2:]
+        mode = "reflect" if min(gh, gw) > t else "replicate"
+        padded = F.pad(kernel_windows, (t, t, t, t), mode=mode)
+        return F.avg_pool2d(padded, 2 * t + 1, stride=1)
 
 
 def make_pooling(
@@ -308,8 +361,11 @@ def make_pooling(
 class CrossCorrelationFusion(nn.Module):
     """Cross-correlation fusion, CCF (Eqs. 13–15).
 
-    ``M = X̃_Eᵀ X̃_D / (h·w)`` (c×c), ``ω_E[p] = ρ_E(M[p, :])``, ``ω_D[q] = ρ_D(M[:, q])`` with
-    ρ a Conv1d of kernel size c, then ``f3×3(ω_E ⊙ X_E ⊕ ω_D ⊙ up(X_D))``.
+    ``M = X̃_Eᵀ X̃_D / (h·w)`` (c×c); ω_E = ρ_E(M) and ω_D = ρ_D(Mᵀ) (Eq. 14), each ρ a
+    ``Conv1d(c, c, kernel_size=c)`` as in the authors' code: the c rows (for ω_D the c columns)
+    of M enter as the input channels and the kernel spans the whole row, so each ρ is a dense
+    map of the c² correlations to c channel weights (c³ + c parameters); then
+    ``f3×3(ω_E ⊙ X_E ⊕ ω_D ⊙ up(X_D))`` (Eq. 15).
     """
 
     def __init__(self, channels: int, weight_activation: str = "none") -> None:
@@ -319,17 +375,16 @@ class CrossCorrelationFusion(nn.Module):
                 f"DC-Net: ccf_weights must be one of {WEIGHT_ACTIVATIONS}, got {weight_activation!r}"
             )
         self.weight_activation = weight_activation
-        self.relation_encoder = nn.Conv1d(1, 1, channels)  # ρ along rows of M
-        self.relation_decoder = nn.Conv1d(1, 1, channels)  # ρ along columns of M
+        self.relation_encoder = nn.Conv1d(channels, channels, channels)  # ρ_E on the rows of M
+        self.relation_decoder = nn.Conv1d(channels, channels, channels)  # ρ_D on its columns
         self.merge = ConvNormAct(2 * channels, channels, 3)
 
     def forward(self, x_enc: torch.Tensor, x_dec: torch.Tensor) -> torch.Tensor:
         x_dec = resize_to(x_dec, x_enc)
         b, c, h, w = x_enc.shape
         relation = torch.einsum("bphw,bqhw->bpq", x_enc, x_dec) / (h * w)  # Eq. 13
-        w_enc = self.relation_encoder(relation.reshape(b * c, 1, c)).view(b, c, 1, 1)
-        w_dec = self.relation_decoder(relation.transpose(1, 2).reshape(b * c, 1, c))
-        w_dec = w_dec.view(b, c, 1, 1)  # Eq. 14
+        w_enc = self.relation_encoder(relation).view(b, c, 1, 1)  # Eq. 14
+        w_dec = self.relation_decoder(relation.transpose(1, 2)).view(b, c, 1, 1)
         if self.weight_activation == "sigmoid":
             w_enc, w_dec = torch.sigmoid(w_enc), torch.sigmoid(w_dec)
         return self.merge(torch.cat([w_enc * x_enc, w_dec * x_dec], dim=1))  # Eq. 15
@@ -453,15 +508,31 @@ class DependencyAwareReinforcement(nn.Module):
         return out, attention.transpose(1, 2).reshape(b, 1, h, w)
 
 
-class AggregationUnit(nn.Module):
-    """``A_j``: foreground embedding f1×1, background embedding f3×3, then DaR (or, for the
-    ``woD`` ablation, plain concatenation of the two embeddings). Output has 2c channels."""
+class LightReinforcement(nn.Module):
+    """The lighter DaR of the authors' code at the eight non-bottleneck aggregation units: no
+    prototypes and no attention, only the residual path of Eq. 17's output,
+    ``F^f ⊕ φ(F^b)`` (2c channels, no parameters). The notes on the authors' code say only
+    "no attention"; keeping the residual path and dropping the whole reinforcement term F is
+    our reading."""
 
-    def __init__(self, fg_channels: int, bg_channels: int, channels: int, use_dar: bool = True):
+    def forward(self, fg: torch.Tensor, bg: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.cat([fg, self_reversal(bg)], dim=1), None
+
+
+class AggregationUnit(nn.Module):
+    """``A_j``: foreground embedding f1×1, background embedding f3×3, then DaR
+    (``reinforcement="full"``), the light DaR (``"light"``) or, for the ``woD`` ablation, plain
+    concatenation of the two embeddings (``"none"``). Output has 2c channels."""
+
+    def __init__(self, fg_channels: int, bg_channels: int, channels: int, reinforcement: str = "full"):
         super().__init__()
         self.embed_fg = ConvNormAct(fg_channels, channels, 1)
         self.embed_bg = ConvNormAct(bg_channels, channels, 3)
-        self.dar = DependencyAwareReinforcement(channels) if use_dar else None
+        self.dar = {
+            "full": lambda: DependencyAwareReinforcement(channels),
+            "light": LightReinforcement,
+            "none": lambda: None,
+        }[reinforcement]()
 
     def forward(
         self, fg: torch.Tensor, bg: torch.Tensor
@@ -502,6 +573,27 @@ class AuxiliaryStream(nn.Module):
         return encoded, decoded
 
 
+class SegmentationHead(nn.Module):
+    """``D_5``'s 1×1 convolution to one logit map. With ``norm`` its input is batch-normalised
+    first (a BatchNorm with affine parameters, then the convolution): at eval time the two fold
+    into one 1×1 convolution, the paper's layer, but during training the convolution reads
+    centred features, so its starting logit is its bias whatever the seed (see the module
+    docstring). ``start_at(prior)`` sets that bias to ``logit(prior)``."""
+
+    def __init__(self, channels: int, norm: bool = True) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels) if norm else nn.Identity()
+        self.conv = nn.Conv2d(channels, 1, 1)
+
+    def start_at(self, prior: float) -> None:
+        if not 0.0 < prior < 1.0:
+            raise ConfigError(f"DC-Net: head_prior must be in (0, 1), got {prior!r}")
+        nn.init.constant_(self.conv.bias, math.log(prior / (1.0 - prior)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
 class CouplingSubnet(nn.Module):
     """Encoder (DCP), decoder (CCF), head and — when ``coupler`` — the auxiliary stream and
     the nine aggregation units. ``forward(fg_input, bg_input)`` returns the segmentation
@@ -519,8 +611,12 @@ class CouplingSubnet(nn.Module):
         ccf_weights: str = "none",
         coupler: bool = True,
         use_dar: bool = True,
+        dar_layout: str = "bottleneck",
+        head_norm: bool = True,
     ) -> None:
         super().__init__()
+        if dar_layout not in DAR_LAYOUTS:
+            raise ConfigError(f"DC-Net: dar_layout must be one of {DAR_LAYOUTS}, got {dar_layout!r}")
         if len(widths) != 5:
             raise ConfigError(f"DC-Net: widths needs 5 encoder widths, got {widths!r}")
         self.coupler = coupler
@@ -540,12 +636,17 @@ class CouplingSubnet(nn.Module):
             )
             for j in range(4)
         )
-        self.head = nn.Conv2d(agg[0], 1, 1)  # D_5: 1×1 conv (+ ψ outside the model)
+        self.head = SegmentationHead(agg[0], head_norm)  # D_5 (+ ψ outside the model)
         if coupler:
             self.auxiliary = AuxiliaryStream(bg_in_channels, widths)
             level_widths = [*widths, *(widths[3 - j] for j in range(4))]
+            def reinforcement(j: int) -> str:
+                if not use_dar:
+                    return "none"
+                return "full" if dar_layout == "all" or j == BOTTLENECK_UNIT else "light"
+
             self.aggregation = nn.ModuleList(
-                AggregationUnit(w, w, w, use_dar=use_dar) for w in level_widths
+                AggregationUnit(w, w, w, reinforcement(j)) for j, w in enumerate(level_widths)
             )
 
     def forward(
@@ -595,6 +696,9 @@ class DCNet(nn.Module):
         fusion: str = "ccf",
         dcp_kernel: str = "none",
         ccf_weights: str = "none",
+        dar_layout: str = "bottleneck",
+        head_norm: bool = True,
+        head_prior: float = HEAD_PRIOR,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -618,8 +722,11 @@ class DCNet(nn.Module):
             ccf_weights=ccf_weights,
             coupler=variant in ("full", "woD"),
             use_dar=variant == "full",
+            dar_layout=dar_layout,
+            head_norm=head_norm,
         )
         he_normal_init_(self)
+        self.coupling.head.start_at(head_prior)
 
     def forward(self, image: torch.Tensor) -> ModelOutput:
         h, w = image.shape[-2:]
@@ -655,8 +762,9 @@ def dc_net(in_channels: int = 1, encoder_weights: str = "none", **options) -> DC
 
     Options: ``variant`` (full | woB | woF | woC | woD), ``pooling`` (dcp | max | avg |
     strided_conv), ``pooling_context`` (τ of DCP, 0 = DCP-bar), ``fusion`` (ccf | concat |
-    add | none), ``dcp_kernel`` (none | softmax), ``ccf_weights`` (none | sigmoid), ``widths``
-    (five coupling widths), ``decomposition_widths``.
+    add | none), ``dcp_kernel`` (none | softmax), ``ccf_weights`` (none | sigmoid),
+    ``dar_layout`` (bottleneck | all), ``head_norm`` (bool), ``head_prior`` (starting
+    foreground probability), ``widths`` (five coupling widths), ``decomposition_widths``.
     """
     if encoder_weights != "none":
         raise ConfigError(

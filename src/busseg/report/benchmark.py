@@ -24,7 +24,10 @@ Protocols:
 - ``quick`` (:data:`QUICK_PROTOCOL`): one fixed budget for every model — 128×128, 3 epochs,
   batch 8, the same light augmentation, no pretrained weights, no early stopping, 3 folds — so
   that all models run on a CPU in bounded time. A smoke comparison, NOT paper numbers; the
-  report says so in a banner.
+  report says so in a banner. BatchNorm statistics are re-estimated over up to 32 training
+  batches before every validation (``precise_bn``, :mod:`busseg.engine.batchnorm`): after three
+  epochs the running averages still lag the weights, and the comparison should score the
+  weights, not that lag.
 - a YAML file: a mapping of recipe fields applied to every model's recipe (a common protocol
   of your own, e.g. ``{epochs: 100, image_size: 256, augmentation: {...}}``).
 
@@ -67,6 +70,7 @@ QUICK_PROTOCOL: dict[str, Any] = {
     "validation": {"fraction": 0.2, "monitor": "val_dice", "mode": "max"},
     "cv_folds": 3,
     "seed": 0,
+    "precise_bn": {"batches": 32},
 }
 
 QUICK_LABEL = "QUICK PROTOCOL — smoke comparison, not paper numbers"
