@@ -116,6 +116,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "sfeb": dict(conv_block=True, sfeb=True, tam=False),
     "full": dict(conv_block=True, sfeb=True, tam=True),
 }
+SFEB_POOLING = ("channel", "global")
+SFEB_VECTOR_NORMS = ("none", "batch")
 
 
 class DenseNet121Encoder(nn.Module):
@@ -241,27 +243,66 @@ class TransformerAttentionModule(nn.Module):
 class SpatialFeatureEnhancementBlock(nn.Module):
     """SFEB (section 3.2, Eqs. 6-15) on one skip connection.
 
-    ``I1 = ReLU(BN(conv3x3(I)))`` (Eq. 7); channel-wise max and mean of ``I1`` (Eqs. 8-9)
-    concatenated to ``P_o`` ``[B, 2, H, W]`` (Eq. 10); ``F_c = ReLU(BN(conv3x3(P_o)))`` (Eq. 11);
-    ``F_cc = sigmoid(BN(conv1x1(GAP(I))))`` (Eqs. 12-13); ``F = F_c * F_cc + I`` (Eqs. 14-15).
+    ``I1 = ReLU(BN(conv3x3(I)))`` (Eq. 7); max and mean of ``I1`` (Eqs. 8-9) concatenated to
+    ``P_o`` (Eq. 10); ``F_c = ReLU(N(conv(P_o)))`` (Eq. 11); ``F_cc = sigmoid(N(conv1x1(GAP(I))))``
+    (Eqs. 12-13); ``F = F_c * F_cc + I`` (Eqs. 14-15).
+
+    Args:
+        channels: C of the skip (Eq. 7 keeps it; Eq. 11 maps to C so that Eq. 15 can add I).
+        pooling: ``"global"`` — Eqs. 8-9 as written: global max and average pooling over
+            space, ``P_o`` is ``[B, 2C, 1, 1]`` and Eq. 11's convolution acts on a 1x1 map, so
+            it is a 1x1 convolution 2C -> C (a 3x3 'same' convolution on a 1x1 map only ever
+            uses its centre tap) and F_em is one value per channel: the block adds an
+            image-conditioned bias to every channel of the skip. ``"channel"`` — max and
+            mean over the channel axis at every position (CBAM-style, two 1-channel maps),
+            Eq. 11 a 3x3 convolution 2 -> C on that spatial map, F_em varies over space.
+        vector_norm: the normalisation μ of the per-image vectors (1x1 maps): Eq. 13's (and,
+            with ``pooling="global"``, Eq. 11's). ``"batch"`` is the paper's BN literally: on a
+            1x1 map it normalises each channel over the images of the batch, so one image's
+            gate depends on the rest of its batch (and on the running statistics in eval
+            mode), and a training batch of one image has nothing to normalise.
+            ``"none"`` drops it (the convolution gets a bias): every image's gate is its own.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, pooling: str = "channel", vector_norm: str = "none") -> None:
         super().__init__()
+        if pooling not in SFEB_POOLING:
+            raise ConfigError(
+                f"hybrid_attention_net: sfeb_pooling must be one of {SFEB_POOLING}, got {pooling!r}"
+            )
+        if vector_norm not in SFEB_VECTOR_NORMS:
+            raise ConfigError(
+                "hybrid_attention_net: sfeb_vector_norm must be one of "
+                f"{SFEB_VECTOR_NORMS}, got {vector_norm!r}"
+            )
+        self.pooling = pooling
+        self.vector_norm = vector_norm
+        norm = "bn" if vector_norm == "batch" else None
         self.features = ConvNormAct(channels, channels, 3)  # Eq. 7
-        self.spatial = ConvNormAct(2, channels, 3)  # Eq. 11
+        if pooling == "channel":
+            self.spatial = ConvNormAct(2, channels, 3)  # Eq. 11 on a spatial map
+        else:
+            self.spatial = ConvNormAct(2 * channels, channels, 1, norm=norm)  # Eq. 11 on 1x1
         self.channel_gate = nn.Sequential(  # Eq. 13 (GAP of Eq. 12 in forward)
-            nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.Sigmoid()
+            ConvNormAct(channels, channels, 1, norm=norm, act=False), nn.Sigmoid()
         )
 
+    def pool(self, i1: torch.Tensor) -> torch.Tensor:
+        """``P_o`` of Eqs. 8-10: ``[B, 2, H, W]`` (channel) or ``[B, 2C, 1, 1]`` (global)."""
+        axes = (1,) if self.pooling == "channel" else (2, 3)
+        return torch.cat([i1.amax(dim=axes, keepdim=True), i1.mean(dim=axes, keepdim=True)], dim=1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i1 = self.features(x)
-        pooled = torch.cat(
-            [i1.amax(dim=1, keepdim=True), i1.mean(dim=1, keepdim=True)], dim=1
-        )  # Eqs. 8-10
-        enhancement = self.spatial(pooled)
-        gate = self.channel_gate(F.adaptive_avg_pool2d(x, 1))
-        return enhancement * gate + x, pooled, gate
+        if self.vector_norm == "batch" and self.training and x.shape[0] < 2:
+            raise ValueError(
+                "hybrid_attention_net: SFEB with sfeb_vector_norm='batch' normalises per-image "
+                "1x1 vectors over the batch (Eq. 13's BN); training needs at least 2 images per "
+                "batch (use sfeb_vector_norm='none' for batches of one)"
+            )
+        pooled = self.pool(self.features(x))  # Eqs. 7-10
+        enhancement = self.spatial(pooled)  # Eq. 11
+        gate = self.channel_gate(F.adaptive_avg_pool2d(x, 1))  # Eqs. 12-13
+        return enhancement * gate + x, pooled, gate  # Eqs. 14-15
 
 
 class HybridAttentionDecoder(nn.Module):
@@ -314,6 +355,8 @@ class HybridAttentionNet(nn.Module):
         working_channels: int = 256,
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         position_grid: int = 8,
+        sfeb_pooling: str = "channel",
+        sfeb_vector_norm: str = "none",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -333,7 +376,10 @@ class HybridAttentionNet(nn.Module):
         )
         skip_channels = self.encoder.skip_channels
         self.sfebs = (
-            nn.ModuleList(SpatialFeatureEnhancementBlock(c) for c in skip_channels)
+            nn.ModuleList(
+                SpatialFeatureEnhancementBlock(c, sfeb_pooling, sfeb_vector_norm)
+                for c in skip_channels
+            )
             if parts["sfeb"]
             else None
         )
