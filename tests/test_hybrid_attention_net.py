@@ -55,6 +55,16 @@ def test_registered_with_recipe_and_objective():
     assert type(objective.pixel_loss).__name__ == "BCEJaccardLoss"
 
 
+def test_recipe_selects_reduces_and_stops_on_validation_dice():
+    # The paper (4.2) reduces the rate "if no improvement was observed on the validation set"
+    # without naming the quantity; validation loss tracks Dice poorly, so busseg watches Dice.
+    recipe = load_recipe("hybrid_attention_net")
+    for part in (recipe["validation"], recipe["scheduler"], recipe["early_stopping"]):
+        assert (part["monitor"], part["mode"]) == ("val_dice", "max"), part
+    notes = " ".join(recipe["notes"].split())
+    assert "validation Dice" in notes and "validation loss" not in notes.replace("not the validation loss", "")
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="variant"):
         create_model("hybrid_attention_net", variant="bl+tam")
@@ -117,9 +127,9 @@ def test_variants_build_and_match_paper_parameter_counts():
 # ----------------------------------------------------------------------------- modules
 def test_sfeb_follows_eqs_6_to_15_and_varies_over_space():
     torch.manual_seed(0)
-    block = SpatialFeatureEnhancementBlock(8).eval()
+    block = SpatialFeatureEnhancementBlock(8, pooling="channel").eval()
     with torch.no_grad():
-        for bn in (block.features[1], block.spatial[1], block.channel_gate[1]):
+        for bn in (m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.1, 0.1)
             bn.running_var.uniform_(0.5, 1.5)
     x = torch.randn(2, 8, 12, 12)
@@ -197,6 +207,55 @@ def test_offline_imagenet_request_falls_back_and_is_recorded(caplog):
     info = collect_weights_info(model)
     assert info["encoder"]["requested"] == "imagenet"
     assert info["encoder"]["used"] in ("random", "imagenet")
+
+
+def test_sfeb_gate_is_per_image_and_a_batch_of_one_trains():
+    """Eq. 13's BN on a 1x1 map would normalise each channel over the batch: an image's gate
+    would depend on its batch-mates and a training batch of one could not be normalised."""
+    torch.manual_seed(0)
+    block = SpatialFeatureEnhancementBlock(8).train()
+    x = torch.randn(4, 8, 12, 12)
+    others = torch.randn(3, 8, 12, 12) * 3 + 1
+    with torch.no_grad():
+        _, _, gate_a = block(x)
+        _, _, gate_b = block(torch.cat([x[:1], others]))
+        _, _, gate_eval = block.eval()(x)
+    torch.testing.assert_close(gate_a[:1], gate_b[:1])
+    torch.testing.assert_close(gate_a, gate_eval)  # training and eval mode agree
+    block.train()
+    out, _, _ = block(x[:1])  # no BatchNorm error for one image
+    out.sum().backward()
+
+
+def test_literal_sfeb_batchnorm_stays_selectable_with_a_clear_error_for_one_image():
+    torch.manual_seed(0)
+    block = SpatialFeatureEnhancementBlock(8, vector_norm="batch").train()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in block.channel_gate.modules())
+    block(torch.randn(2, 8, 6, 6))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        block(torch.randn(1, 8, 6, 6))
+    block.eval()(torch.randn(1, 8, 6, 6))  # eval mode uses running statistics
+    with pytest.raises(ConfigError, match="sfeb_vector_norm"):
+        create_model("hybrid_attention_net", sfeb_vector_norm="layer")
+
+
+def test_sfeb_global_pooling_follows_eqs_8_to_11_as_written():
+    torch.manual_seed(0)
+    block = SpatialFeatureEnhancementBlock(8, pooling="global").eval()
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        out, pooled, gate = block(x)
+        i1 = block.features(x)  # Eq. 7
+        expected_pooled = torch.cat([i1.amax((2, 3), keepdim=True), i1.mean((2, 3), keepdim=True)], 1)
+        expected = block.spatial(expected_pooled) * gate + x  # Eqs. 11, 14, 15
+    assert pooled.shape == (2, 16, 1, 1)  # P_o: global max and average of every channel
+    torch.testing.assert_close(pooled, expected_pooled)
+    torch.testing.assert_close(out, expected)
+    enhancement = out - x
+    # global pooling: the block adds one value per channel and image (constant over space)
+    torch.testing.assert_close(enhancement, enhancement[:, :, :1, :1].expand_as(enhancement))
+    with pytest.raises(ConfigError, match="sfeb_pooling"):
+        create_model("hybrid_attention_net", sfeb_pooling="spatial")
 
 
 # ----------------------------------------------------------------------------- training
