@@ -96,6 +96,8 @@ def learning_check(
     image_size: int = 64,
     batch_size: int | None = None,
     seed: int = 0,
+    cooldown_steps: int = 10,
+    cooldown_factor: float = 0.1,
 ) -> LearningCheckResult:
     """Train ``model`` for ``steps`` steps on phantoms with its own recipe; score held-out
     phantoms in eval and in training mode.
@@ -112,10 +114,19 @@ def learning_check(
         image_size: phantom side (must suit the model's ``size_divisor``).
         batch_size: ``None`` keeps the recipe's.
         seed: phantoms, weights and batch order.
+        cooldown_steps, cooldown_factor: the last ``cooldown_steps`` of the ``steps`` run at
+            the learning rate times ``cooldown_factor``. A few dozen steps at a constant rate
+            end with weights still moving fast, and BatchNorm's running statistics (an
+            exponential average over the last ~10 batches) then describe earlier weights; a
+            short cool-down, as any schedule ends with, lets them catch up, so that the
+            eval/training-mode comparison shows what the model does in eval mode, not how
+            recently its weights moved. Dropout drift is not cured by it.
     """
     info = model_info(model)
     if not info.segments:
         raise ConfigError(f"learning check: model {model!r} does not segment")
+    if not 0 <= cooldown_steps <= steps:
+        raise ConfigError(f"learning check: cooldown_steps must lie in [0, {steps}], got {cooldown_steps}")
     if image_size % info.size_divisor:
         raise ConfigError(
             f"learning check: image_size {image_size} is not a multiple of {model!r}'s "
@@ -144,7 +155,10 @@ def learning_check(
     permutation = torch.randperm(n_train, generator=order)
     cursor = 0
     net.train()
-    for _ in range(steps):
+    for step in range(steps):
+        if step == steps - cooldown_steps:
+            for group in optimizer.param_groups:
+                group["lr"] *= cooldown_factor
         if cursor + batch > n_train:
             permutation, cursor = torch.randperm(n_train, generator=order), 0
         idx = train_idx[permutation[cursor : cursor + batch]]
