@@ -93,15 +93,34 @@ Choices where the paper is silent or ambiguous (by section/equation):
   ``"batch"`` keeps the literal BN (training batches need at least two images; a clear error
   says so).
 * Decoder widths (section 3: "lightweight", no numbers). Halving widths 256/128/64/32/16
-  (a common Keras U-Net decoder) leave a 16-channel BN-ReLU feature in front of the 1x1 head,
-  which keeps the background logit near zero for many steps (issue 13 measured -0.06 at step
-  10 and -0.23 at step 30 while lesion logits reached +5...+7), so probabilities sit near 0.45
-  on background and thresholding fails. The full-resolution stage that feeds the head is 64
-  wide instead: 256/128/64/32/64 (+48 k parameters). Measured with the learning check
-  (settings above, channel pooling, 20 steps, eval-mode Dice, seeds 0 / 1 / 2): 16 at the
-  end 0.145 / 0.447 / 0.673 (loss 1.52 / 1.42 / 1.35), 64 at the end 0.783 / 0.730 / 0.696
-  (loss 1.05 / 1.04 / 1.13); 64/64 for the last two stages (+131 k) is no better
-  (0.798 / 0.705 / 0.736). ``decoder_channels`` is an option.
+  (a common Keras U-Net decoder) leave a 16-channel BN-ReLU feature in front of the 1x1 head.
+  With the earlier SFEB (channel pooling, batch-normalised gates) that model kept the
+  background logit near zero for many steps (issue 13 measured -0.06 at step 10 and -0.23 at
+  step 30 while lesion logits reached +5...+7) and did not segment. The full-resolution
+  stage that feeds the head is 64 wide instead: 256/128/64/32/64 (+48 k parameters).
+  Measured with ``busseg.engine.learning_check`` (recipe settings, 64² phantoms, 40 training
+  / 16 held-out, batch 10, one thread; eval-mode / training-mode Dice, seeds 0 / 1 / 2):
+
+  ==============================================  =====================================
+  network                                         eval / train-mode Dice (loss)
+  ==============================================  =====================================
+  before issue 13 (16 at the end), 20 steps        0.15/0.15 (1.52), 0.45/0.83 (1.42),
+                                                  0.72/0.81 (1.28)
+  current SFEB, 16 at the end, 20 steps           0.61/0.80 (1.34), 0.70/0.83 (1.34),
+                                                  0.55/0.78 (1.37)
+  current SFEB, 64 at the end (default), 20 steps 0.63/0.86 (1.08), 0.64/0.88 (1.16),
+                                                  0.78/0.83 (1.24)
+  current SFEB, 16 at the end, 60 steps           0.88/0.85 (1.24), 0.93/0.91 (1.26),
+                                                  0.90/0.85 (1.23)
+  current SFEB, 64 at the end (default), 60 steps 0.92/0.89 (0.81), 0.93/0.92 (0.88),
+                                                  0.91/0.86 (0.95)
+  ==============================================  =====================================
+
+  With the per-image SFEB gates the 16-wide end learns too, more slowly (higher loss at the
+  same step); with the earlier SFEB, widening alone (64/64 for the last two stages) lifted
+  seed 0 from 0.15 to 0.80 at 20 steps. Eval-mode Dice below training-mode Dice at 20 steps
+  is BatchNorm's running statistics lagging the weights early in training.
+  ``decoder_channels`` is an option.
 * Convolutions followed by BN have no bias (the paper's Keras layers would carry one; this
   changes counts by < 0.1 %).
 * Input channels: the paper feeds 3-channel images to the ImageNet encoder (recipe uses 3).
