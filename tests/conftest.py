@@ -56,3 +56,23 @@ def train_steps(model, objective, batch, optimizer, steps: int = 10) -> list[dic
         optimizer.step()
         history.append({k: float(v) for k, v in parts.items()} | {"total": loss.item()})
     return history
+
+
+#: Learning-check thresholds of the test suite (``busseg.engine.learning_check``): eval-mode
+#: Dice on held-out phantoms at least ``LEARNING_FLOOR`` and at most ``LEARNING_MAX_GAP`` below
+#: training-mode Dice with the same weights.
+LEARNING_FLOOR = 0.5
+LEARNING_MAX_GAP = 0.15
+
+
+def assert_learns(model: str, config: dict) -> None:
+    """Run the learning check with ``config`` (``learning_check`` keyword arguments) and fail
+    with the measured figures when eval-mode Dice is low or far below training-mode Dice."""
+    from busseg.engine.learning_check import learning_check
+
+    result = learning_check(model, **config)
+    assert result.passed(LEARNING_FLOOR, LEARNING_MAX_GAP), (
+        f"{model}: eval-mode Dice {result.dice_eval:.3f}, training-mode Dice "
+        f"{result.dice_train_mode:.3f} (floor {LEARNING_FLOOR}, max gap {LEARNING_MAX_GAP}); "
+        f"loss {result.loss_first:.3f} -> {result.loss_last:.3f} in {result.steps} steps"
+    )

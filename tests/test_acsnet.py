@@ -71,7 +71,7 @@ def test_size_matches_the_documented_count_and_deformable_flops_are_counted(full
 
     from busseg.models import count_parameters
 
-    assert count_parameters(full_model) == 31_910_321  # documented in the model docstring
+    assert count_parameters(full_model) == 31_779_249  # documented in the model docstring
     conv = DeformConv2d(8, 4, 3, padding=1)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         conv(torch.randn(2, 8, 5, 6), torch.zeros(2, 18, 5, 6))
@@ -301,3 +301,48 @@ def test_recipes_hold_the_papers_settings_and_serve_all_three_models():
     for name in ("acsnet", "acsnet_unet", "acsnet_clsnet"):
         assert model_info(name).recipe == "acsnet"
         create_model(name, in_channels=busi["in_channels"], encoder_weights="none", **busi["model_options"])
+
+
+# ----------------------------------------------------------------------------- authors' forms
+def _kernel_sizes(stage):
+    return [m.kernel_size for m in stage.convs.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_stage_9_is_a_1x1_then_a_3x3_convolution_as_in_the_authors_code():
+    model = build("acsnet")
+    stages = model.decoder.stages
+    assert [_kernel_sizes(s) for s in stages[:3]] == [[(3, 3), (3, 3)]] * 3
+    assert _kernel_sizes(stages[3]) == [(1, 1), (3, 3)]
+    # the two-3x3 reading stays available
+    model = build("acsnet", last_stage_kernels=(3, 3))
+    assert _kernel_sizes(model.decoder.stages[3]) == [(3, 3), (3, 3)]
+    with pytest.raises(ConfigError, match="last_stage_kernels"):
+        build("acsnet", last_stage_kernels=(5, 3))
+
+
+def test_avg_max_channel_attention_is_the_authors_option():
+    from busseg.models.acsnet import AvgMaxChannelAttention
+
+    model = build("acsnet", channel_attention="avg_max")
+    assert _count(model, AvgMaxChannelAttention) == 3 and _count(model, SqueezeExcitation) == 0
+    assert _count(build("acsnet"), SqueezeExcitation) == 3  # the paper's SE reading stays default
+    with pytest.raises(ConfigError, match="channel_attention"):
+        build("acsnet", channel_attention="max")
+
+    torch.manual_seed(0)
+    block = AvgMaxChannelAttention(32, reduction=16)
+    x = torch.rand(2, 32, 5, 7)
+    with torch.no_grad():
+        descriptor = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)  # [B, 2C]
+        weights = torch.sigmoid(block.fc2(F.relu(block.fc1(descriptor))))
+        expected = x * weights[:, :, None, None]
+        torch.testing.assert_close(block(x), expected)
+    assert block.fc1.in_features == 64 and block.fc1.out_features == 2
+    # max pooling matters: two inputs with the same channel means but different peaks differ
+    with torch.no_grad():
+        block.fc1.weight.fill_(0.1)  # keep the hidden units active (ReLU)
+    y = x.clone()
+    y[:, :, 0, 0] += 1.0
+    y[:, :, 0, 1] -= 1.0
+    with torch.no_grad():
+        assert not torch.allclose(block(x)[:, :, 2:, 2:], block(y)[:, :, 2:, 2:])

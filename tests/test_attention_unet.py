@@ -72,12 +72,22 @@ def test_sizes_not_divisible_by_the_pooling_factor_still_work():
     assert out.extras["attention_2"].shape == (1, 1, 20, 28)
 
 
+def _dropout_rates_per_level(model):
+    return [
+        [m.p for m in level.modules() if isinstance(m, nn.Dropout)] for level in model.encoder.levels
+    ]
+
+
 def test_improved_model_is_one_level_deeper_and_has_encoder_dropout_only():
     baseline, improved = tiny("attention_unet"), tiny("attention_unet_plus")
     assert improved.depth == baseline.depth + 1
     assert len(improved.encoder.levels) == len(baseline.encoder.levels) + 1
-    rates = [m.p for m in improved.encoder.modules() if isinstance(m, nn.Dropout)]
-    assert rates == [0.1, 0.1, 0.2, 0.2, 0.3, 0.3]
+    # default: one dropout, at the end of the contracting path (the bottleneck level)
+    assert _dropout_rates_per_level(improved) == [[], [], [], [], [], [0.3]]
+    # the literal reading: dropout between the two convolutions of every level
+    literal = tiny("attention_unet_plus", dropout_levels="encoder")
+    assert _dropout_rates_per_level(literal) == [[0.1], [0.1], [0.2], [0.2], [0.3], [0.3]]
+    assert _dropout_rates_per_level(tiny("attention_unet_plus", dropout=0.5)) == [[]] * 5 + [[0.5]]
     assert not any(isinstance(m, nn.Dropout) for m in improved.decoder.modules())
     assert not any(isinstance(m, nn.Dropout) for m in baseline.modules())
     # Guo: no normalisation in the conv blocks, BatchNorm inside the gates; Oktay: the reverse.
@@ -137,6 +147,10 @@ def test_attention_depends_on_the_gating_signal():
 def test_bad_options_raise_config_errors():
     with pytest.raises(ConfigError, match="dropout"):
         create_model("attention_unet_plus", dropout=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="6 rates"):
+        create_model("attention_unet_plus", dropout_levels="encoder", dropout=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="dropout_levels"):
+        create_model("attention_unet_plus", dropout_levels="decoder")
     with pytest.raises(ConfigError, match="in_channels"):
         create_model("attention_unet", in_channels=2)
     with pytest.raises(ConfigError, match="pretrained"):
@@ -166,3 +180,17 @@ def test_a_few_training_steps_lower_the_recipe_objective(name):
     losses = [step["total"] for step in train_steps(model, objective, batch, optimizer, steps=10)]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
+
+
+def test_improved_recipe_trains_on_all_780_busi_images_and_its_notes_match_its_monitor():
+    from busseg.engine.recipe import load_recipe
+
+    recipe = load_recipe("attention_unet_plus")
+    notes = " ".join(recipe["notes"].split())
+    # Guo section 3: 780 images after preprocessing, normal / benign / malignant
+    assert recipe["include_normal"] is True and "780" in notes
+    # the schedule and the kept checkpoint watch the paper's main metric, and the notes say so
+    assert recipe["validation"]["monitor"] == "val_iou"
+    assert recipe["scheduler"].get("monitor", recipe["validation"]["monitor"]) == "val_iou"
+    assert "val Dice" not in notes and "validation Dice" not in notes
+    assert "validation mean IoU" in notes

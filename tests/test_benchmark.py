@@ -225,6 +225,17 @@ def test_protocols():
                        recipes={"bench_small": RECIPES["bench_small"]})
 
 
+def test_quick_protocol_puts_every_model_on_one_image_set():
+    """attention_unet_plus trains on BUSI's normal images too (Guo section 3); one shared split
+    needs one image set, which the quick protocol fixes and the paper protocol asks for."""
+    from busseg.report.benchmark import plan_benchmark
+
+    planned = plan_benchmark(["unet", "attention_unet_plus"], resolve_protocol("quick"))
+    assert {r["include_normal"] for r in planned.values()} == {False}
+    with pytest.raises(ConfigError, match="include_normal"):
+        plan_benchmark(["unet", "attention_unet_plus"], resolve_protocol("paper"))
+
+
 def test_cli_quick_run_labels_the_report_and_records_failures(tmp_path, capsys):
     recipe_file = tmp_path / "small.yaml"
     save_recipe(RECIPES["bench_small"], recipe_file)

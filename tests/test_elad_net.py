@@ -85,6 +85,86 @@ def test_ablation_variants_build_and_run(variant, aux_keys):
     assert set(parts) == {"output"} | aux_keys and torch.isfinite(loss)
 
 
+#: What each ablation must change (Tables 4-5): ESD blocks in the decoder stages, and the SSR
+#: branches whose reconstruction reaches the fused output of Eq. 22.
+VARIANT_PARTS = {
+    "full": (True, ("edge", "body")),
+    "unet_decoder": (False, ()),
+    "no_esd": (False, ("edge", "body")),
+    "no_ssr": (True, ()),
+    "no_edge": (True, ("body",)),
+    "no_body": (True, ("edge",)),
+}
+SMALL_DECODER = {"decoder_channels": [16, 8, 8, 8]}
+
+
+def variant_problems(variant: str, net) -> list[str]:
+    """What ``net`` does differently from what ablation ``variant`` says (empty: nothing)."""
+    from busseg.models.elad_net import ElasticSemanticDecoupling
+
+    esd, branches = VARIANT_PARTS[variant]
+    problems = []
+    blocks = list(net.decoder.blocks)
+    if [isinstance(b, ElasticSemanticDecoupling) for b in blocks] != [esd] * len(blocks):
+        problems.append(f"ESD blocks: expected {esd}")
+    built = sorted({name for ssr in net.decoder.ssr for name in ssr.up})
+    if built != sorted(branches) or len(net.decoder.ssr) != (4 if branches else 0):
+        problems.append(f"SSR branches {built}, expected {sorted(branches)}")
+    torch.manual_seed(0)
+    images = torch.randn(1, 1, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        reference = net(images)
+        if set(reference.aux) != set(branches):
+            problems.append(f"aux outputs {sorted(reference.aux)}, expected {sorted(branches)}")
+        for name in built:  # a branch that exists must reach the fused output (Eq. 22)
+            up = net.decoder.ssr[-1].up[name]
+            saved = up.weight.clone()
+            up.weight.add_(1.0)
+            changed = not torch.allclose(net(images).seg, reference.seg)
+            up.weight.copy_(saved)
+            if not changed:
+                problems.append(f"SSR {name} branch does not reach the output")
+    return problems
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_PARTS))
+def test_every_variant_builds_exactly_its_ablation(variant):
+    torch.manual_seed(0)
+    net = create_model("elad_net", variant=variant, **SMALL_DECODER)
+    assert variant_problems(variant, net) == []
+
+
+def test_variant_check_fails_when_a_flag_does_nothing():
+    torch.manual_seed(0)
+    full = create_model("elad_net", variant="full", **SMALL_DECODER)
+    for variant in ("no_esd", "no_ssr", "no_edge", "no_body", "unet_decoder"):
+        assert variant_problems(variant, full), variant  # a "variant" that is still the full net
+    # an edge branch that is built and trained but never added to the output is caught too
+    no_body = create_model("elad_net", variant="no_body", **SMALL_DECODER)
+    assert variant_problems("no_body", no_body) == []
+    original = no_body.decoder.forward
+
+    def forward_dropping_the_edge(features):
+        fused, carried, attentions = original(features)
+        return fused - carried["edge"], carried, attentions
+
+    no_body.decoder.forward = forward_dropping_the_edge
+    assert any("does not reach" in p for p in variant_problems("no_body", no_body))
+
+
+def test_variant_sizes_differ_as_documented():
+    from busseg.models import count_parameters
+    from busseg.models.elad_net import MEASURED_SIZE
+
+    counts = {v: count_parameters(create_model("elad_net", variant=v, **SMALL_DECODER)) for v in VARIANTS}
+    assert len({counts[v] for v in VARIANTS if v != "no_body"}) == len(VARIANTS) - 1
+    assert counts["no_edge"] == counts["no_body"]  # the two branches are the same size
+    # the documented sizes order the variants the same way
+    by_size = sorted(VARIANTS, key=lambda v: (counts[v], v))
+    assert by_size == sorted(VARIANTS, key=lambda v: (MEASURED_SIZE[v]["params_M"], v))
+
+
 def test_all_variants_are_tested():
     assert set(VARIANTS) == {"full", "unet_decoder", "no_esd", "no_ssr", "no_edge", "no_body"}
     with pytest.raises(ConfigError, match="unknown variant"):

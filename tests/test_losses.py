@@ -273,3 +273,11 @@ def test_segmentation_objective_trains_a_tiny_model(blob_batch):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_multitask_objective_cites_acsnets_multi_task_equation():
+    # ACSNet's L_total = lambda*L_cls + (1 - lambda)*L_seg is its Eq. 13; Eq. 8 is L_cls alone.
+    from busseg.losses.multitask import MultiTaskObjective
+
+    doc = " ".join(MultiTaskObjective.__doc__.split())
+    assert "ACSNet's Eq. 13" in doc and "Eq. 8 " not in doc

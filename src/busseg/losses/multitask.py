@@ -10,8 +10,9 @@ from busseg.losses.registry import create_objective, register_objective
 
 @register_objective("multitask")
 class MultiTaskObjective(nn.Module):
-    """``L = w · CE(cls, label) + (1 − w) · L_seg`` (the form of ACSNet's Eq. 8 without its
-    perceptual term), for any model that returns both ``seg`` and ``cls``.
+    """``L = w · CE(cls, label) + (1 − w) · L_seg`` (the form of ACSNet's Eq. 13, with any
+    segmentation objective in place of its Eq. 12), for any model that returns both ``seg``
+    and ``cls``.
 
     Images with an unknown class (label −1, e.g. BUSI "normal") contribute to ``L_seg`` only.
 

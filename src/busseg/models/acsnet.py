@@ -11,8 +11,9 @@ Layout (paper section 3.1, Fig. 2)
 - **Gate units** (section 3.2, Eqs. 1-3) on every skip connection and on the bottleneck.
 - **Decoder, stages 6-9** at 1/16, 1/8, 1/4, 1/2: the incoming feature is reduced by a 1x1
   convolution to the skip's width and upsampled x2 (bilinear), concatenated with the gated
-  skip, and refined by two 3x3 convolutions; every decoder convolution is followed by
-  GroupNorm and ReLU (section 3.1). A **DSAModule** (section 3.3, Eqs. 4-7) follows the
+  skip, and refined by two convolutions (3x3 + 3x3 in stages 6-8, 1x1 + 3x3 in stage 9, as in
+  the authors' code; ``last_stage_kernels=(3, 3)`` gives stage 9 two 3x3 convolutions too);
+  every decoder convolution is followed by GroupNorm and ReLU (section 3.1). A **DSAModule** (section 3.3, Eqs. 4-7) follows the
   convolutions of stages 6 and 7.
 - **Segmentation head**: the stage-9 feature is upsampled x2 to the input size, refined by one
   3x3 convolution unit and projected by a 1x1 convolution to one logit channel (no sigmoid:
@@ -61,9 +62,14 @@ Choices where the paper is silent (all settled, where possible, by the authors' 
   convolutions (1 -> 1 channel) for the average and the max map.
 - DSAModules are used in decoder stages 6 and 7 (the two deepest, as in the authors' code;
   the paper says "at different stages of the decoder").
-- Channel attention (CA): the paper cites squeeze-and-excitation [50] and we implement SE
-  (GAP -> FC C/16 -> ReLU -> FC -> sigmoid). The authors' code also feeds a max-pooled
-  descriptor into the MLP; we follow the text.
+- Channel attention (CA): the paper cites squeeze-and-excitation [50]; the default is SE
+  (GAP -> FC C/16 -> ReLU -> FC -> sigmoid). The authors' code concatenates an average- and a
+  max-pooled descriptor before the MLP (FC 2C -> C/16 -> C): ``channel_attention="avg_max"``
+  (:class:`AvgMaxChannelAttention`). It is also the form that reproduces Table 5's parameter
+  count exactly (see "Size" below).
+- Stage 9 (the last decoder stage, section 3.1 does not describe its convolutions): a 1x1
+  then a 3x3 convolution, as the authors' code (which has ReLU only after its 1x1; section
+  3.1's "each convolution ... followed by GN and ReLU" is kept).
 - The classification branch reads the raw (ungated) encoder features of stages 4 and 5 and
   the output of stage 6 (after its DSAModule). The first FC layer halves the width
   (1280 -> 640, or 512 -> 256 for the single-scale branches of CUNet/ClsNet). No dropout.
@@ -71,20 +77,25 @@ Choices where the paper is silent (all settled, where possible, by the authors' 
 - The decoder's 1x1 "up" reductions are followed by GN + ReLU as well (the authors' code
   has ReLU only).
 
-Size (Table 5: 30.96 GFLOPs, 42.99 M parameters)
-------------------------------------------------
-At 256x256 with one input channel this implementation has 31.91 M parameters (encoder
-11.17 M, gate units 3.57 M, DSAModules 9.41 M, classification branch 0.90 M) and costs 25.7 G
-multiply-adds = 51.5 GFLOPs (``FlopCounterMode`` convention, 1 MAC = 2 FLOPs; the deformable
-convolutions, 3.6 G MACs, counted as the dense convolutions they replace through the formula
-registered below). By our count the authors' published model definition also has about
-31 M parameters, so the 42.99 M of Table 5 cannot be reproduced from the paper or the code;
-it may include undescribed parts (LossNet's frozen VGG-16 blocks would add 7.6 M). The
-paper's 30.96 "GFLOPs" is closer to our MAC count (papers usually report MACs as FLOPs); the
-rest of the gap is not explained by the text: 9.7 G of our MACs come from the 3x3
-convolution of the segmentation head at full resolution (the authors' code has it, the paper
-does not describe the head). Measured with ``count_parameters`` and
-``torch.utils.flop_counter.FlopCounterMode`` on a [1, 1, 256, 256] input.
+Size (Table 5: 30.96 GFLOPs, 42.99 M parameters) and the counting convention behind it
+----------------------------------------------------------------------------------------
+At 256x256 with one input channel this implementation has 31.78 M parameters (encoder
+11.17 M, gate units 3.57 M, DSAModules 9.41 M, classification branch 0.90 M) and costs
+23.6 G multiply-adds = 47.2 GFLOPs (``FlopCounterMode`` convention, 1 MAC = 2 FLOPs; the
+deformable convolutions, 3.6 G MACs, counted as the dense convolutions they replace through
+the formula registered below); with three input channels and ``channel_attention="avg_max"``
+(the authors' form) 31.82 M and 23.7 G MACs.
+
+Table 5's figures follow from how the authors' model is laid out and counted, not from a
+different network: their module keeps the whole torchvision ResNet-18 (including its unused
+1000-class FC layer) as one attribute and registers its stages again as ``layer0..layer4``.
+``thop.profile`` (0.1.1) sums parameters and operations along every registration path, so
+the encoder's 11.7 M parameters and its multiply-adds are counted twice, and it reports MACs,
+which Table 5 calls FLOPs. Counting this implementation with thop on that layout
+(``python benchmarks/acsnet_table5_count.py``, needs thop) gives 42.99 M / 30.86 G for ACSNet
+with the authors' avg+max channel attention (42.95 M with SE) and 29.08 M / 25.58 G for the
+ResNet-18 U-Net (Table 5: 42.99 M / 30.96 G and 29.38 M / 25.69 G). Unique parameters are
+the figures above.
 """
 
 from __future__ import annotations
@@ -226,15 +237,21 @@ class ResNetEncoder(nn.Module):
 
 class DecoderStage(nn.Module):
     """One decoder stage (6-9): reduce + upsample the deeper feature, concatenate the (gated)
-    skip, two 3x3 convolution units, optional DSAModule."""
+    skip, two convolution units (``kernels``: 3x3 + 3x3, or 1x1 + 3x3 in stage 9), optional
+    DSAModule."""
 
-    def __init__(self, deep_channels: int, skip_channels: int, use_dsa: bool, norm: str = "gn") -> None:
+    def __init__(
+        self,
+        deep_channels: int,
+        skip_channels: int,
+        use_dsa: bool,
+        norm: str = "gn",
+        kernels: tuple[int, int] = (3, 3),
+    ) -> None:
         super().__init__()
         width = 2 * skip_channels
         self.reduce = ConvNormAct(deep_channels, skip_channels, 1, norm=norm)
-        self.convs = nn.Sequential(
-            ConvNormAct(width, width, 3, norm=norm), ConvNormAct(width, width, 3, norm=norm)
-        )
+        self.convs = nn.Sequential(*(ConvNormAct(width, width, k, norm=norm) for k in kernels))
         self.dsa = DSAModule(width, norm=norm) if use_dsa else None
         self.out_channels = width
 
@@ -249,7 +266,14 @@ class DecoderStage(nn.Module):
 class ACSNetDecoder(nn.Module):
     """Gate units on the five encoder outputs and decoder stages 6-9."""
 
-    def __init__(self, encoder_channels: list[int], use_gates: bool, dsa_stages: tuple[int, ...], norm: str = "gn") -> None:
+    def __init__(
+        self,
+        encoder_channels: list[int],
+        use_gates: bool,
+        dsa_stages: tuple[int, ...],
+        norm: str = "gn",
+        last_stage_kernels: tuple[int, int] = (1, 3),
+    ) -> None:
         super().__init__()
         self.gates = (
             nn.ModuleList(GateUnit(c, norm=norm) for c in encoder_channels) if use_gates else None
@@ -257,7 +281,8 @@ class ACSNetDecoder(nn.Module):
         stages = []
         deep = encoder_channels[4]
         for stage_number, skip_channels in zip((6, 7, 8, 9), encoder_channels[3::-1]):
-            stage = DecoderStage(deep, skip_channels, stage_number in dsa_stages, norm=norm)
+            kernels = last_stage_kernels if stage_number == 9 else (3, 3)
+            stage = DecoderStage(deep, skip_channels, stage_number in dsa_stages, norm, kernels)
             stages.append(stage)
             deep = stage.out_channels
         self.stages = nn.ModuleList(stages)
@@ -297,22 +322,45 @@ class SegmentationHead(nn.Module):
         return self.project(self.refine(resize_to(x, size)))
 
 
+class AvgMaxChannelAttention(nn.Module):
+    """Channel attention with an average- and a max-pooled descriptor (the authors' code).
+
+    ``w = sigmoid(FC2(ReLU(FC1([GAP(X); GMP(X)]))))``, ``Y = X * w``: one MLP on the 2C-long
+    concatenation of both descriptors (hidden width C/16), unlike CBAM's shared MLP whose two
+    outputs are summed. The paper cites squeeze-and-excitation [50] (average only); this is the
+    form of the authors' public code, selectable with ``channel_attention="avg_max"``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 2) -> None:
+        super().__init__()
+        hidden = max(min_hidden, channels // reduction)
+        self.fc1 = nn.Linear(2 * channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        descriptor = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        weights = torch.sigmoid(self.fc2(F.relu(self.fc1(descriptor))))
+        return x * weights[:, :, None, None]
+
+
 class ClassificationHead(nn.Module):
     """Classification branch (section 3.1; Table 1 "CA" and "Multi-scale" columns).
 
     ``multi_scale=True``: features of stages 4, 5 (upsampled to stage 4's size) and 6;
-    ``False``: stage 5 only (CUNet / ClsNet). With ``channel_attention`` each input is
-    re-weighted by squeeze-excitation before fusion. Fusion = concatenation + GAP, then
+    ``False``: stage 5 only (CUNet / ClsNet). With ``channel_attention`` (``"se"`` or
+    ``"avg_max"``, see :class:`AvgMaxChannelAttention`) each input is re-weighted before fusion. Fusion = concatenation + GAP, then
     FC (C -> C/2) -> ReLU -> FC (-> 2 logits).
     """
 
-    def __init__(self, in_channels: list[int], channel_attention: bool, reduction: int = 16) -> None:
+    def __init__(
+        self, in_channels: list[int], channel_attention: str | None, reduction: int = 16
+    ) -> None:
         super().__init__()
-        self.attention = (
-            nn.ModuleList(SqueezeExcitation(c, reduction) for c in in_channels)
-            if channel_attention
-            else None
-        )
+        self.attention = None
+        if channel_attention == "se":
+            self.attention = nn.ModuleList(SqueezeExcitation(c, reduction) for c in in_channels)
+        elif channel_attention == "avg_max":
+            self.attention = nn.ModuleList(AvgMaxChannelAttention(c, reduction) for c in in_channels)
         total = sum(in_channels)
         self.classifier = nn.Sequential(
             nn.Linear(total, total // 2), nn.ReLU(inplace=True), nn.Linear(total // 2, 2)
@@ -353,6 +401,7 @@ VARIANTS: dict[str, ACSNetVariant] = {
     "c_ams_unet": ACSNetVariant("C_AMS UNet", classifier="multi", channel_attention=True),
     "acsnet": ACSNetVariant("ACSNet", classifier="multi", channel_attention=True, gates=True, dsa=True),
 }
+CHANNEL_ATTENTION = ("se", "avg_max")
 MULTITASK_VARIANTS = tuple(k for k, v in VARIANTS.items() if v.segment and v.classifier != "none")
 
 
@@ -368,8 +417,19 @@ class ACSNet(nn.Module):
         encoder: str = "resnet18",
         dsa_stages: tuple[int, ...] = (6, 7),
         norm: str = "gn",
+        channel_attention: str = "se",
+        last_stage_kernels: tuple[int, int] = (1, 3),
     ) -> None:
         super().__init__()
+        if channel_attention not in CHANNEL_ATTENTION:
+            raise ConfigError(
+                f"ACSNet: channel_attention must be one of {CHANNEL_ATTENTION}, got {channel_attention!r}"
+            )
+        last_stage_kernels = tuple(last_stage_kernels)
+        if last_stage_kernels not in ((1, 3), (3, 3)):
+            raise ConfigError(
+                f"ACSNet: last_stage_kernels must be (1, 3) (authors' code) or (3, 3), got {last_stage_kernels}"
+            )
         if variant not in VARIANTS:
             raise ConfigError(f"ACSNet variant {variant!r} unknown; choose from {', '.join(VARIANTS)}")
         if in_channels not in (1, 3):
@@ -385,15 +445,18 @@ class ACSNet(nn.Module):
         self.decoder: ACSNetDecoder | None = None
         self.segmentation_head: SegmentationHead | None = None
         if cfg.segment:
-            self.decoder = ACSNetDecoder(channels, cfg.gates, tuple(dsa_stages) if cfg.dsa else (), norm=norm)
+            self.decoder = ACSNetDecoder(
+                channels, cfg.gates, tuple(dsa_stages) if cfg.dsa else (), norm, last_stage_kernels
+            )
             self.segmentation_head = SegmentationHead(self.decoder.out_channels, norm=norm)
         self.classification_head: ClassificationHead | None = None
+        attention = channel_attention if cfg.channel_attention else None
         if cfg.classifier == "single":
-            self.classification_head = ClassificationHead([channels[4]], cfg.channel_attention)
+            self.classification_head = ClassificationHead([channels[4]], attention)
         elif cfg.classifier == "multi":
             assert self.decoder is not None
             self.classification_head = ClassificationHead(
-                [channels[3], channels[4], self.decoder.stage6_channels], cfg.channel_attention
+                [channels[3], channels[4], self.decoder.stage6_channels], attention
             )
 
     def forward(self, images: torch.Tensor) -> ModelOutput:

@@ -15,7 +15,7 @@ Architecture (input ``[B, C, H, W]``, widths for a 256x256 input)::
     Bottleneck: 1x1 conv-BN-ReLU 1024 -> 256 ("working width"),
                 [ConvBlock: 3x3 conv-BN-ReLU 256 -> 256], [TAM, section 3.1]
     Decoder (section 3): 5 stages of bilinear x2 up-sampling, concatenation with the
-      [SFEB-enhanced, section 3.2] skip, two 3x3 conv-BN-ReLU; widths 256/128/64/32/16;
+      [SFEB-enhanced, section 3.2] skip, two 3x3 conv-BN-ReLU; widths 256/128/64/32/64;
       the last stage (full resolution) has no skip.
     Head: 1x1 conv -> segmentation logits (the paper's sigmoid is left to the loss).
 
@@ -24,20 +24,23 @@ Ablation variants (Table 2), option ``variant``:
 ============  =============================  ====================  =====================
 variant       modules                        paper parameters      this implementation
 ============  =============================  ====================  =====================
-baseline      encoder + decoder              10,498,945            10,552,401 (+0.5 %)
-conv_block    + bottleneck ConvBlock         11,089,537            11,142,737 (+0.5 %)
-sfeb          + SFEB on the four skips       15,339,329            14,647,377 (-4.5 %)
-full          + TAM at the bottleneck        15,427,713            15,353,553 (-0.5 %)
+baseline      encoder + decoder              10,498,945            10,601,025 (+1.0 %)
+conv_block    + bottleneck ConvBlock         11,089,537            11,191,361 (+0.9 %)
+sfeb          + SFEB on the four skips       15,339,329            15,373,121 (+0.2 %)
+full          + TAM at the bottleneck        15,427,713            16,079,297 (+4.2 %)
 ============  =============================  ====================  =====================
 
 (counts for ``in_channels=3``, as the paper's Keras ImageNet encoder requires; with
 ``in_channels=1`` the stem has 6,272 fewer.) The paper's counts are Keras' trainable
 parameters: the ConvBlock increment, 590,592 = 3*3*256*256 + 256 (bias) + 2*256 (BN gamma and
 beta), is exactly one 3x3 256->256 convolution with BN, which is how the ConvBlock and the
-256-channel working width of the bottleneck were identified. The other increments cannot be
-matched exactly from the text: the SFEBs here have 3.50 M parameters (paper 4.25 M) and the
-TAM 0.71 M (paper 0.09 M; a TAM whose Q/K/V projections act on 256 channels, as Eqs. 1-3 and
-5 describe, cannot have fewer than ~0.29 M). Totals of all four variants are within 5 %.
+256-channel working width of the bottleneck were identified. The SFEB increment supports the
+global-pooling reading of Eqs. 8-11 (below): four SFEBs with global pooling have 4,181,760
+parameters (paper 4,249,792, -1.6 %), with channel-axis pooling 3,503,680 (-17.6 %). The
+TAM cannot be matched from the text: 0.71 M here, 0.09 M in the paper (a TAM whose Q/K/V
+projections act on 256 channels, as Eqs. 1-3 and 5 describe, cannot have fewer than
+~0.29 M); it alone puts ``full`` 4.2 % above the paper. All four variants are within 5 %;
+with ``sfeb_pooling="channel"`` the ``sfeb`` row is -4.2 % and ``full`` -0.2 %.
 
 Choices where the paper is silent or ambiguous (by section/equation):
 
@@ -68,13 +71,56 @@ Choices where the paper is silent or ambiguous (by section/equation):
   the (h*w) x (h*w) map.
 * TAM output (section 3.1.2): concat(TSA, GSA, F) (3c channels) is brought back to c by a
   1x1 conv-BN-ReLU, since F_out is stated to have c channels.
-* SFEB (Eqs. 6-15): "global max-pooling and global average-pooling" in Eqs. 8-9 are read as
-  pooling over the channel axis at every position (two 1-channel maps, CBAM-style), so that
-  the 3x3 convolution of Eq. 11 sees a spatial map and the enhancement F_em varies over space.
-  Pooling over space would make Eq. 11's 3x3 convolution act on a 1x1 map and the whole block
-  a per-channel bias. Eq. 7 keeps the width (C -> C), Eq. 11 maps 2 -> C so that Eq. 15 can add
-  I, Eq. 13's 1x1 conv maps C -> C. Its BN acts on a 1x1 map, so training needs batches of at
-  least 2 images (PyTorch raises for a single-image training batch).
+* SFEB pooling (Eqs. 8-11, option ``sfeb_pooling``). The text applies "global max-pooling
+  and global average-pooling" to I1; taken as written (``"global"``, the default) P_o is a
+  2C-vector per image, Eq. 11's 3x3 convolution acts on a 1x1 map (so only its centre tap
+  ever sees data: implemented as the 1x1 convolution 2C -> C it reduces to) and the block
+  adds an image-conditioned value to every channel of the skip (F_em is constant over
+  space). ``"channel"`` pools over the channel axis at every position instead (CBAM-style,
+  two 1-channel maps, Eq. 11 a 3x3 convolution 2 -> C on that map), so the enhancement varies
+  over space. Two measurements decide for the text: the parameter count (above: the global
+  reading matches Table 2's SFEB increment within 1.6 %, the channel reading is 18 % short)
+  and learning, which does not separate them (``busseg.engine.learning_check``, recipe
+  settings, decoder 256/128/64/32/64, 64² phantoms, 40 training / 16 held-out, 60 steps,
+  eval-mode Dice, seeds 0 / 1: global 0.917 / 0.926, channel 0.884 / 0.911).
+* SFEB normalisation of per-image vectors (option ``sfeb_vector_norm``). Eq. 13's μ (and
+  Eq. 11's with global pooling) is a BatchNorm of a 1x1 map: in training it normalises each
+  channel over the images of the batch, so one image's gate depends on which images share its
+  batch (measured on a random SFEB: gates shift by up to 0.43 when the batch-mates change)
+  and differs between training and eval mode, and PyTorch cannot normalise a training batch
+  of one image. Default ``"none"``: no normalisation there (the convolution gets a bias), so
+  every image's gate is its own, identical in both modes, for any batch size.
+  ``"batch"`` keeps the literal BN (training batches need at least two images; a clear error
+  says so).
+* Decoder widths (section 3: "lightweight", no numbers). Halving widths 256/128/64/32/16
+  (a common Keras U-Net decoder) leave a 16-channel BN-ReLU feature in front of the 1x1 head.
+  With the earlier SFEB (channel pooling, batch-normalised gates) that model kept the
+  background logit near zero for many steps (issue 13 measured -0.06 at step 10 and -0.23 at
+  step 30 while lesion logits reached +5...+7) and did not segment. The full-resolution
+  stage that feeds the head is 64 wide instead: 256/128/64/32/64 (+48 k parameters).
+  Measured with ``busseg.engine.learning_check`` (recipe settings, 64² phantoms, 40 training
+  / 16 held-out, batch 10, one thread; eval-mode / training-mode Dice, seeds 0 / 1 / 2):
+
+  ==============================================  =====================================
+  network                                         eval / train-mode Dice (loss)
+  ==============================================  =====================================
+  before issue 13 (16 at the end), 20 steps        0.15/0.15 (1.52), 0.45/0.83 (1.42),
+                                                  0.72/0.81 (1.28)
+  current SFEB, 16 at the end, 20 steps           0.61/0.80 (1.34), 0.70/0.83 (1.34),
+                                                  0.55/0.78 (1.37)
+  current SFEB, 64 at the end (default), 20 steps 0.63/0.86 (1.08), 0.64/0.88 (1.16),
+                                                  0.78/0.83 (1.24)
+  current SFEB, 16 at the end, 60 steps           0.88/0.85 (1.24), 0.93/0.91 (1.26),
+                                                  0.90/0.85 (1.23)
+  current SFEB, 64 at the end (default), 60 steps 0.92/0.89 (0.81), 0.93/0.92 (0.88),
+                                                  0.91/0.86 (0.95)
+  ==============================================  =====================================
+
+  With the per-image SFEB gates the 16-wide end learns too, more slowly (higher loss at the
+  same step); with the earlier SFEB, widening alone (64/64 for the last two stages) lifted
+  seed 0 from 0.15 to 0.80 at 20 steps. Eval-mode Dice below training-mode Dice at 20 steps
+  is BatchNorm's running statistics lagging the weights early in training.
+  ``decoder_channels`` is an option.
 * Convolutions followed by BN have no bias (the paper's Keras layers would carry one; this
   changes counts by < 0.1 %).
 * Input channels: the paper feeds 3-channel images to the ImageNet encoder (recipe uses 3).
@@ -116,6 +162,11 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "sfeb": dict(conv_block=True, sfeb=True, tam=False),
     "full": dict(conv_block=True, sfeb=True, tam=True),
 }
+SFEB_POOLING = ("global", "channel")
+#: Decoder stage widths, deepest first; the last (full-resolution, skip-less) stage feeds the
+#: head and is 64 wide (see the module docstring, "Decoder").
+DECODER_CHANNELS = (256, 128, 64, 32, 64)
+SFEB_VECTOR_NORMS = ("none", "batch")
 
 
 class DenseNet121Encoder(nn.Module):
@@ -241,27 +292,66 @@ class TransformerAttentionModule(nn.Module):
 class SpatialFeatureEnhancementBlock(nn.Module):
     """SFEB (section 3.2, Eqs. 6-15) on one skip connection.
 
-    ``I1 = ReLU(BN(conv3x3(I)))`` (Eq. 7); channel-wise max and mean of ``I1`` (Eqs. 8-9)
-    concatenated to ``P_o`` ``[B, 2, H, W]`` (Eq. 10); ``F_c = ReLU(BN(conv3x3(P_o)))`` (Eq. 11);
-    ``F_cc = sigmoid(BN(conv1x1(GAP(I))))`` (Eqs. 12-13); ``F = F_c * F_cc + I`` (Eqs. 14-15).
+    ``I1 = ReLU(BN(conv3x3(I)))`` (Eq. 7); max and mean of ``I1`` (Eqs. 8-9) concatenated to
+    ``P_o`` (Eq. 10); ``F_c = ReLU(N(conv(P_o)))`` (Eq. 11); ``F_cc = sigmoid(N(conv1x1(GAP(I))))``
+    (Eqs. 12-13); ``F = F_c * F_cc + I`` (Eqs. 14-15).
+
+    Args:
+        channels: C of the skip (Eq. 7 keeps it; Eq. 11 maps to C so that Eq. 15 can add I).
+        pooling: ``"global"`` — Eqs. 8-9 as written: global max and average pooling over
+            space, ``P_o`` is ``[B, 2C, 1, 1]`` and Eq. 11's convolution acts on a 1x1 map, so
+            it is a 1x1 convolution 2C -> C (a 3x3 'same' convolution on a 1x1 map only ever
+            uses its centre tap) and F_em is one value per channel: the block adds an
+            image-conditioned bias to every channel of the skip. ``"channel"`` — max and
+            mean over the channel axis at every position (CBAM-style, two 1-channel maps),
+            Eq. 11 a 3x3 convolution 2 -> C on that spatial map, F_em varies over space.
+        vector_norm: the normalisation μ of the per-image vectors (1x1 maps): Eq. 13's (and,
+            with ``pooling="global"``, Eq. 11's). ``"batch"`` is the paper's BN literally: on a
+            1x1 map it normalises each channel over the images of the batch, so one image's
+            gate depends on the rest of its batch (and on the running statistics in eval
+            mode), and a training batch of one image has nothing to normalise.
+            ``"none"`` drops it (the convolution gets a bias): every image's gate is its own.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, pooling: str = "global", vector_norm: str = "none") -> None:
         super().__init__()
+        if pooling not in SFEB_POOLING:
+            raise ConfigError(
+                f"hybrid_attention_net: sfeb_pooling must be one of {SFEB_POOLING}, got {pooling!r}"
+            )
+        if vector_norm not in SFEB_VECTOR_NORMS:
+            raise ConfigError(
+                "hybrid_attention_net: sfeb_vector_norm must be one of "
+                f"{SFEB_VECTOR_NORMS}, got {vector_norm!r}"
+            )
+        self.pooling = pooling
+        self.vector_norm = vector_norm
+        norm = "bn" if vector_norm == "batch" else None
         self.features = ConvNormAct(channels, channels, 3)  # Eq. 7
-        self.spatial = ConvNormAct(2, channels, 3)  # Eq. 11
+        if pooling == "channel":
+            self.spatial = ConvNormAct(2, channels, 3)  # Eq. 11 on a spatial map
+        else:
+            self.spatial = ConvNormAct(2 * channels, channels, 1, norm=norm)  # Eq. 11 on 1x1
         self.channel_gate = nn.Sequential(  # Eq. 13 (GAP of Eq. 12 in forward)
-            nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.Sigmoid()
+            ConvNormAct(channels, channels, 1, norm=norm, act=False), nn.Sigmoid()
         )
 
+    def pool(self, i1: torch.Tensor) -> torch.Tensor:
+        """``P_o`` of Eqs. 8-10: ``[B, 2, H, W]`` (channel) or ``[B, 2C, 1, 1]`` (global)."""
+        axes = (1,) if self.pooling == "channel" else (2, 3)
+        return torch.cat([i1.amax(dim=axes, keepdim=True), i1.mean(dim=axes, keepdim=True)], dim=1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i1 = self.features(x)
-        pooled = torch.cat(
-            [i1.amax(dim=1, keepdim=True), i1.mean(dim=1, keepdim=True)], dim=1
-        )  # Eqs. 8-10
-        enhancement = self.spatial(pooled)
-        gate = self.channel_gate(F.adaptive_avg_pool2d(x, 1))
-        return enhancement * gate + x, pooled, gate
+        if self.vector_norm == "batch" and self.training and x.shape[0] < 2:
+            raise ValueError(
+                "hybrid_attention_net: SFEB with sfeb_vector_norm='batch' normalises per-image "
+                "1x1 vectors over the batch (Eq. 13's BN); training needs at least 2 images per "
+                "batch (use sfeb_vector_norm='none' for batches of one)"
+            )
+        pooled = self.pool(self.features(x))  # Eqs. 7-10
+        enhancement = self.spatial(pooled)  # Eq. 11
+        gate = self.channel_gate(F.adaptive_avg_pool2d(x, 1))  # Eqs. 12-13
+        return enhancement * gate + x, pooled, gate  # Eqs. 14-15
 
 
 class HybridAttentionDecoder(nn.Module):
@@ -275,7 +365,7 @@ class HybridAttentionDecoder(nn.Module):
         self,
         in_channels: int,
         skip_channels: tuple[int, ...],
-        widths: tuple[int, ...] = (256, 128, 64, 32, 16),
+        widths: tuple[int, ...] = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
         if len(widths) != len(skip_channels) + 1:
@@ -312,8 +402,10 @@ class HybridAttentionNet(nn.Module):
         encoder_weights: str = "none",
         variant: str = "full",
         working_channels: int = 256,
-        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
         position_grid: int = 8,
+        sfeb_pooling: str = "global",
+        sfeb_vector_norm: str = "none",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -333,7 +425,10 @@ class HybridAttentionNet(nn.Module):
         )
         skip_channels = self.encoder.skip_channels
         self.sfebs = (
-            nn.ModuleList(SpatialFeatureEnhancementBlock(c) for c in skip_channels)
+            nn.ModuleList(
+                SpatialFeatureEnhancementBlock(c, sfeb_pooling, sfeb_vector_norm)
+                for c in skip_channels
+            )
             if parts["sfeb"]
             else None
         )

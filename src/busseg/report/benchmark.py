@@ -22,12 +22,12 @@ Protocols:
 - ``paper``: each model's own paper recipe (its epochs, size, augmentation, optimiser...);
   only the split is shared.
 - ``quick`` (:data:`QUICK_PROTOCOL`): one fixed budget for every model — 128×128, 3 epochs,
-  batch 8, the same light augmentation, no pretrained weights, no early stopping, 3 folds — so
-  that all models run on a CPU in bounded time. A smoke comparison, NOT paper numbers; the
-  report says so in a banner. BatchNorm statistics are re-estimated over up to 32 training
-  batches before every validation (``precise_bn``, :mod:`busseg.engine.batchnorm`): after three
-  epochs the running averages still lag the weights, and the comparison should score the
-  weights, not that lag.
+  batch 8, the same light augmentation, no pretrained weights, no early stopping, 3 folds,
+  lesion images only (``include_normal: false``) — so that all models run on a CPU in bounded
+  time. A smoke comparison, NOT paper numbers; the report says so in a banner. BatchNorm
+  statistics are re-estimated over up to 32 training batches before every validation
+  (``precise_bn``, :mod:`busseg.engine.batchnorm`): after three epochs the running averages
+  still lag the weights, and the comparison should score the weights, not that lag.
 - a YAML file: a mapping of recipe fields applied to every model's recipe (a common protocol
   of your own, e.g. ``{epochs: 100, image_size: 256, augmentation: {...}}``).
 
@@ -71,6 +71,7 @@ QUICK_PROTOCOL: dict[str, Any] = {
     "cv_folds": 3,
     "seed": 0,
     "precise_bn": {"batches": 32},
+    "include_normal": False,  # one image set for every model (lesion images only)
 }
 
 QUICK_LABEL = "QUICK PROTOCOL — smoke comparison, not paper numbers"
