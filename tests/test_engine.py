@@ -137,8 +137,11 @@ class _CrashAfterFirstEpoch(L.Callback):
             raise _SimulatedCrash("killed after epoch 0")
 
 
-def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("augmentation", ["paper", "robust"])
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, augmentation):
     recipe = tiny_recipe(epochs=3)
+    if augmentation == "robust":  # every transform's draws must be resumable too
+        recipe = apply_overrides(recipe, ["augmentation={preset: robust}"])
     full = tmp_path / "full"
     train_fold(recipe, full, data_options=PHANTOMS, evaluate_test=False, **QUIET)
     cut = tmp_path / "cut"

@@ -3,7 +3,8 @@
 A recipe is loaded from ``busseg/recipes/<name>.yaml`` (or any path), checked field by field
 (unknown fields and wrong types are a :class:`ConfigError` naming the file and the field),
 and any field can be overridden with ``key=value`` strings (``optimizer.lr=3e-4``,
-``augmentation.hflip=0.5``, ``epochs=2``); values are parsed as YAML.
+``augmentation.hflip=0.5``, ``epochs=2``); values are parsed as YAML. The ``augmentation``
+section is checked by :func:`busseg.data.augment.resolve_augmentation` (``preset: robust``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from busseg.data.augment import resolve_augmentation
 from busseg.errors import ConfigError
 
 #: Every recipe field, its type(s) and default. Nested dicts are checked one level deep.
@@ -65,15 +67,6 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "notes": (str,),
 }
 
-AUGMENTATION_KEYS = {
-    "hflip": (int, float),
-    "vflip": (int, float),
-    "rotate": (int, float),
-    "rotate_deg": (list,),
-    "scale": (list,),
-    "brightness": (int, float),
-    "contrast": (int, float),
-}
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 SCHEDULERS = ("none", "plateau", "poly", "cosine", "step")
 NORMALIZATIONS = ("minmax", "zscore", "imagenet")
@@ -148,15 +141,11 @@ def validate_recipe(recipe: dict, source: str = "<recipe>") -> dict:
         raise ConfigError(f"{source}: scheduler.name must be one of {SCHEDULERS}")
     if "name" not in full["loss"]:
         raise ConfigError(f"{source}: loss.name is required")
-    for key, value in full["augmentation"].items():
-        if key not in AUGMENTATION_KEYS:
-            raise ConfigError(
-                f"{source}: unknown augmentation {key!r}; known: {sorted(AUGMENTATION_KEYS)}"
-            )
-        if not isinstance(value, AUGMENTATION_KEYS[key]) or isinstance(value, bool):
-            raise ConfigError(f"{source}: augmentation.{key} has the wrong type ({value!r})")
-        if isinstance(value, list) and (len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)):
-            raise ConfigError(f"{source}: augmentation.{key} must be a [min, max] pair")
+    # checked (and a preset expanded) by the augmentation module; the preset's name stays in
+    # the recipe so that a saved recipe.yaml says which preset it came from
+    preset = full["augmentation"].get("preset")
+    resolved = resolve_augmentation(full["augmentation"], source)
+    full["augmentation"] = {"preset": preset, **resolved} if preset else resolved
     val = full["validation"]
     if not 0 < float(val.get("fraction", 0.2)) < 1:
         raise ConfigError(f"{source}: validation.fraction must be in (0, 1)")
