@@ -27,6 +27,13 @@ def register(sub) -> None:
     p.add_argument("--figures", type=int, default=0, metavar="N",
                    help="save N case figures per model (best to worst Dice): original, ground truth, "
                         "predicted, post-processed and attention overlay")
+    p.add_argument("--corruptions", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="also run the robustness benchmark into OUT/corruptions: every test image under "
+                        "scanner-like corruptions (gain, tgc, speckle, blur, contrast, gamma, zoom, jpeg, "
+                        "annotations; comma-separated subset, default all) at five severities, scored in the "
+                        "image's own geometry")
+    p.add_argument("--severities", default="1,2,3,4,5", help="corruption severities (default 1,2,3,4,5)")
+    p.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions' random choices")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 
@@ -60,5 +67,25 @@ def run(args) -> int:
     if "ensemble" in result and "segmentation" in result["ensemble"]:
         e = result["ensemble"]["segmentation"]
         print(f"  ensemble of {result['n_models']} models: Dice {100 * e['dice_mean']:.2f} ± {100 * e['dice_std']:.2f}")
+    if args.corruptions is not None:
+        run_corruptions(args)
     print(f"results in {args.out}")
     return 0
+
+
+def run_corruptions(args) -> None:
+    from pathlib import Path
+
+    from busseg.data.corruptions import parse_corruptions
+    from busseg.errors import ConfigError
+    from busseg.inference.robustness import evaluate_corruptions, format_robustness
+
+    try:
+        severities = [int(s) for s in args.severities.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--severities: expected comma-separated integers 1-5, got {args.severities!r}") from None
+    summary = evaluate_corruptions(args.run, Path(args.out) / "corruptions", dataset=args.dataset, root=args.root,
+                                   data_options=data_options(args), subset=args.subset,
+                                   corruptions=parse_corruptions(args.corruptions), severities=severities,
+                                   seed=args.corruption_seed, device=args.device, include_normal=args.include_normal)
+    print(format_robustness(summary))

@@ -179,13 +179,20 @@ def _uniform(lo: float, hi: float, n: int, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, device=device)
 
 
-def _foreground_weight(image: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
-    """``clamp(v / tau, 0, 1)``: 0 on black pixels, 1 from ``tau`` up.
+def _foreground_weight(image: torch.Tensor) -> torch.Tensor:
+    """The field of view, softly: 1 where some pixel within 4 % of the image side is brighter
+    than 4 grey levels, 0 in the black outside a sector's field of view (and in padding), the
+    boundary smoothed over about 1 %.
 
-    Changes of gain or dynamic range act on echoes; the black outside a sector's field of view
-    (and the black of padding) is not echo data and stays black. A hard ``v > 0`` mask would
-    turn the 1-2 grey-level floor of anechoic regions into salt noise, hence the ramp."""
-    return (image / tau).clamp(0.0, 1.0)
+    Changes of gain or dynamic range act on echoes; the black surround is not echo data and stays
+    black. A per-pixel threshold instead would leave the darkest pixels of hypoechoic tissue
+    black while their neighbours brighten: salt-and-pepper noise that no scanner makes (the
+    same rule as :func:`busseg.data.corruptions._echo_weight`)."""
+    side = min(image.shape[-2:])
+    radius = max(1, round(0.04 * side))
+    fov = (F.max_pool2d(image, 2 * radius + 1, stride=1, padding=radius) > 4 / 255).to(image.dtype)
+    smooth = max(1, round(0.005 * side))
+    return F.avg_pool2d(fov, 2 * smooth + 1, stride=1, padding=smooth, count_include_pad=False)
 
 
 def _smoothed_noise(shape, grain: torch.Tensor, device) -> torch.Tensor:
