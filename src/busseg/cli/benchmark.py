@@ -34,8 +34,8 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
                    help="paper (each model's own recipe; default), quick, or a YAML file of recipe fields "
                         "applied to every model")
     g.add_argument("--quick", action="store_true",
-                   help="the fixed-budget quick protocol: 128x128, 3 epochs, batch 8, same augmentation, no "
-                        "pretrained weights, 3 folds (same as --protocol quick)")
+                   help="the fixed-budget quick protocol: 128x128, 3 epochs, batch 8, the robust augmentation "
+                        "preset for every model, no pretrained weights, 3 folds (same as --protocol quick)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override applied to every model after the protocol, e.g. --set epochs=5 (repeatable)")
     g.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL=FILE",
@@ -63,6 +63,10 @@ def register(sub) -> None:
     run.add_argument("--folds", default=None, help="comma-separated subset of folds to run, e.g. 0,1")
     run.add_argument("--cross", action="append", default=[], metavar="DATASET[=ROOT]",
                      help="also evaluate every fold model on all images of this dataset (repeatable)")
+    run.add_argument("--corruptions", nargs="?", const="all", default=None, metavar="NAMES",
+                     help="also run the robustness benchmark: every fold model on its test images under "
+                          "scanner-like corruptions at five severities (comma-separated subset, default all); "
+                          "the report gains a robustness table, Dice-vs-severity plot and an example grid")
     run.add_argument("--no-complexity", action="store_true", help="skip parameters/FLOPs/timing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--dry-run", action="store_true",
@@ -149,9 +153,12 @@ def _run(args) -> int:
         parse_cross(args.cross)
         _print_plan(_resolve_models(args.models), options)
         return 0
+    from busseg.data.corruptions import parse_corruptions
+
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    corruptions = parse_corruptions(args.corruptions) if args.corruptions is not None else None
     record = run_benchmark(args.out, _resolve_models(args.models), folds=folds, split=args.split,
-                           cross=parse_cross(args.cross), complexity=not args.no_complexity,
+                           cross=parse_cross(args.cross), corruptions=corruptions, complexity=not args.no_complexity,
                            report=not args.no_report, **options)
     for model, status in record["status"].items():
         print(f"{model}: " + ("FAILED " + status["error"] if "error" in status else

@@ -11,6 +11,9 @@ Layout of a results folder (everything the report shows is read back from these 
         cv_summary.json, cv_per_image.csv
         cross/<other dataset>/                every fold model on every image of another
                                               dataset (busseg.engine.evaluate.evaluate_run)
+        robustness/                           with ``corruptions``: every fold model on its test
+                                              images under scanner-like corruptions
+                                              (busseg.inference.robustness)
 
 Training and evaluation are the engine's (``cross_validate`` and ``evaluate_run``); this module
 only decides WHAT to run (recipes under a protocol, the shared split) and skips what is done:
@@ -22,7 +25,8 @@ Protocols:
 - ``paper``: each model's own paper recipe (its epochs, size, augmentation, optimiser...);
   only the split is shared.
 - ``quick`` (:data:`QUICK_PROTOCOL`): one fixed budget for every model — 128×128, 3 epochs,
-  batch 8, the same light augmentation, no pretrained weights, no early stopping, 3 folds — so
+  batch 8, the same ``robust`` augmentation preset (:data:`busseg.data.augment.ROBUST_PRESET`),
+  no pretrained weights, no early stopping, 3 folds — so
   that all models run on a CPU in bounded time. A smoke comparison, NOT paper numbers; the
   report says so in a banner.
 - a YAML file: a mapping of recipe fields applied to every model's recipe (a common protocol
@@ -61,8 +65,7 @@ QUICK_PROTOCOL: dict[str, Any] = {
     "epochs": 3,
     "batch_size": 8,
     "encoder_weights": "none",
-    "augmentation": {"hflip": 0.5, "vflip": 0.0, "rotate": 0.3, "rotate_deg": [0, 15],
-                     "scale": [0.9, 1.1], "brightness": 0.1, "contrast": 0.1},
+    "augmentation": {"preset": "robust"},
     "early_stopping": None,
     "validation": {"fraction": 0.2, "monitor": "val_dice", "mode": "max"},
     "cv_folds": 3,
@@ -276,6 +279,7 @@ def run_benchmark(
     recipes: Mapping[str, str | Path | dict] | None = None,
     cross: Sequence[tuple[str, str | None]] = (),
     data_options: dict | None = None,
+    corruptions: Sequence[str] | None = None,
     complexity: bool = True,
     report: bool = True,
     accelerator: str = "auto",
@@ -287,7 +291,9 @@ def run_benchmark(
     """Train and test every model of ``models`` on every fold of one shared split of
     ``dataset``, evaluate each fold model on the ``cross`` datasets, measure complexity, and
     write the report. ``recipes`` maps a model to the recipe to start from instead of its paper
-    recipe (the protocol still applies on top). Returns the invocation record added to ``benchmark.json``.
+    recipe (the protocol still applies on top). ``corruptions``: also run the robustness benchmark
+    (these corruption names, five severities) on every fold model's test images. Returns the
+    invocation record added to ``benchmark.json``.
 
     Failures of one model (an exception while training or evaluating it) are recorded in
     ``benchmark.json`` and the next model runs; they are listed in the returned record's
@@ -357,6 +363,14 @@ def run_benchmark(
 
                 evaluate_run(cv_dir, cross_dir, dataset=name, root=cross_root, subset="all", device=device)
                 status[f"cross:{name}"] = "evaluated"
+            if corruptions:
+                from busseg.inference.robustness import evaluate_corruptions
+
+                # resumable: finished (fold, corruption) parts are reused
+                evaluate_corruptions(cv_dir, cv_dir / "robustness", dataset=dataset, root=root,
+                                     data_options=data_options, subset="test", corruptions=corruptions,
+                                     device=device, progress=progress)
+                status["robustness"] = "evaluated"
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # one broken model must not stop the comparison of the others
