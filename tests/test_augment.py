@@ -123,13 +123,13 @@ def test_training_task_augments_then_normalises():
 
 def test_depth_gain_adds_gain_over_dynamic_range_and_keeps_black():
     aug = build_depth_gain(max_db=6.0, knots=3, p=1.0)
-    image = torch.full((1, 1, 10, 4), 0.5)
-    image[..., 0] = 0.0
+    image = torch.full((1, 1, 50, 50), 0.5)
+    image[..., :20] = 0.0  # outside the field of view
     params = {"knots_db": torch.tensor([[[6.0, 0.0, -6.0]]])}
     out = aug.apply_transform(image, params, aug.flags)
-    assert torch.allclose(out[0, 0, 0, 1:], torch.tensor(0.6))  # +6 dB over 60 dB at the skin line
-    assert torch.allclose(out[0, 0, -1, 1:], torch.tensor(0.4))  # -6 dB at the deepest row
-    assert (out[..., 0] == 0).all()  # black (outside the field of view) stays black
+    assert torch.allclose(out[0, 0, 0, 30:], torch.tensor(0.6))  # +6 dB over 60 dB at the skin line
+    assert torch.allclose(out[0, 0, -1, 30:], torch.tensor(0.4))  # -6 dB at the deepest row
+    assert (out[..., :12] == 0).all()  # black away from the echoes stays black
 
 
 def test_dynamic_range_remaps_around_the_brightest_echo():
@@ -218,3 +218,23 @@ def test_augmentation_keeps_images_in_range_for_every_paper_recipe():
         out, out_mask = aug(image, mask, seed=1)
         assert out.min() >= 0 and out.max() <= 1 and math.isfinite(float(out.sum())), name
         assert np.isin(out_mask.numpy(), [0, 1]).all(), name
+
+
+@pytest.mark.parametrize("n", [3, 4, 8])
+def test_transforming_only_the_drawn_samples_changes_nothing(monkeypatch, n):
+    # on the CPU each transform computes only the samples drawn for it; kornia's own path
+    # (every sample, then a blend) must give the same batch
+    import busseg.data.augment as augment
+
+    image, mask = _batch(n, 40)
+    cfg = {"preset": "robust", "vflip": 0.5, "rotate": 0.5, "rotate_deg": [10, 30], "brightness": 0.1}
+    fast = [BatchAugmenter(cfg)(image, mask, seed) for seed in range(4)]
+
+    def every_sample(self, input, params, flags, transform=None):
+        return super(augment.SelectedSamplesOnly, self).apply_transform(input, params, flags, transform)
+
+    monkeypatch.setattr(augment.SelectedSamplesOnly, "apply_transform", every_sample)
+    for seed, (img, msk) in enumerate(fast):
+        ref_img, ref_msk = BatchAugmenter(cfg)(image, mask, seed)
+        torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=0)
+        assert torch.equal(msk, ref_msk)
