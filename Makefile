@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.busseg-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv browser clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/busseg demo
 
-test: $(STAMP)
+# The web demo's tests drive Debian's headless chromium through chromedriver; they never skip,
+# so a fresh machine gets both here (apt-get, as root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver) || \
+	  (echo "the browser tests need chromium and chromium-driver: apt-get install -y chromium chromium-driver" >&2; exit 1)
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
 clean:

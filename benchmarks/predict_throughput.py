@@ -66,17 +66,16 @@ def write_random_checkpoint(path: Path, model: str, image_size: int) -> dict:
 
 def model_only_rate(predictor, batch_size: int, n_batches: int, tta: bool) -> float:
     """Images/s of the forward passes alone (the same entry point `predict` uses)."""
-    from busseg.engine.evaluate import predict_probabilities
     from busseg.inference.export import random_inputs
 
+    predictor = predictor.with_options(tta=tta, batch_size=batch_size)
     x = random_inputs(predictor.recipe, batch_size, seed=1)
-    predict_probabilities(predictor.models, x, batch_size=batch_size, device=predictor.device, tta=tta)
+    predictor.probabilities(x)
     if predictor.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(n_batches):
-        predict_probabilities(predictor.models, x, batch_size=batch_size, device=predictor.device, tta=tta,
-                              amp=predictor.device.startswith("cuda") and predictor.backend == "pytorch")
+        predictor.probabilities(x)
     if predictor.device.startswith("cuda"):
         torch.cuda.synchronize()
     return n_batches * batch_size / (time.perf_counter() - start)
@@ -125,7 +124,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from busseg.inference.export import export_onnx
-    from busseg.inference.predict import load_predictor
+    from busseg.inference.predictor import load as load_predictor
 
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
@@ -153,7 +152,7 @@ def main(argv=None) -> int:
         notes.append(f"export: {export.exporter}, max |onnxruntime fp32 - PyTorch| "
                      f"{max(export.max_abs_diff.values()):.1e}")
         if "onnx-fp32" in backends:
-            predictors["onnx-fp32"] = load_predictor(work / "model.onnx", onnx=True, device=args.device,
+            predictors["onnx-fp32"] = load_predictor(work / "model.onnx", device=args.device,
                                                      onnx_threads=threads)
         if "onnx-int8" in backends:
             from busseg.inference.export import pytorch_reference
@@ -164,7 +163,7 @@ def main(argv=None) -> int:
             results["int8_check"] = quantization.as_dict()
             notes.append(f"int8: mask Dice vs PyTorch {quantization.mean_dice:.4f} mean, {quantization.min_dice:.4f} "
                          "lowest (random weights: not an accuracy figure)")
-            predictors["onnx-int8"] = load_predictor(work / "model.int8.onnx", onnx=True, device=args.device,
+            predictors["onnx-int8"] = load_predictor(work / "model.int8.onnx", device=args.device,
                                                      onnx_threads=threads)
     for backend in backends:
         results[backend] = {

@@ -184,13 +184,20 @@ def test_preset_values_can_be_overridden_and_switched_off():
 
 
 @pytest.mark.parametrize("cfg, match", [
-    ({"preset": "strong"}, "unknown augmentation preset 'strong'"),
-    ({"jitter": 0.2}, "unknown augmentation 'jitter'"),
-    ({"speckle": {"p": 1.5, "sigma": [0.1, 0.2], "grain": [1, 2]}}, r"augmentation.speckle.p must be a probability"),
-    ({"speckle": {"p": 0.5, "sigma": [0.2, 0.1], "grain": [1, 2]}}, "min 0.2 is larger than max 0.1"),
-    ({"speckle": {"p": 0.5}}, r"missing parameter\(s\) \['sigma', 'grain'\]"),
+    ({"preset": "strong"}, r"augmentation.preset must be one of robust; got 'strong'"),
+    ({"jitter": 0.2}, r"unknown option\(s\) \['jitter'\] in augmentation; known: affine, brightness"),
+    ({"speckle": {"p": 1.5, "sigma": [0.1, 0.2], "grain": [1, 2]}}, r"augmentation.speckle.p must be in \[0, 1\]"),
+    ({"speckle": {"p": 0.5, "sigma": [0.2, 0.1], "grain": [1, 2]}},
+     r"augmentation.speckle.sigma must be \[min, max\] with min <= max"),
+    ({"speckle": {"p": 0.5, "sigma": [0.1, 0.2], "grain": [0, 2]}}, r"augmentation.speckle.grain element 0"),
+    ({"speckle": {"p": 0.5, "size": 3, "sigma": [0.1, 0.2], "grain": [1, 2]}},
+     r"unknown option\(s\) \['size'\] in augmentation.speckle"),
+    ({"speckle": {"p": 0.5}}, r"augmentation.speckle misses parameter\(s\) \['sigma', 'grain'\]"),
+    ({"elastic": {"spacing": 0, "magnitude": 0.01}}, r"augmentation.elastic.spacing must be in \(0, 1\]"),
+    ({"depth_gain": {"max_db": 6, "knots": 2.5}}, r"augmentation.depth_gain.knots must be an integer"),
     ({"gamma": 0.3}, "augmentation.gamma must be a mapping"),
-    ({"hflip": 2}, "augmentation.hflip is a probability"),
+    ({"hflip": 2}, r"augmentation.hflip must be in \[0, 1\], got 2"),
+    ({"preset": "robust", "contrast": 1.0}, r"augmentation.contrast must be in \[0, 1\)"),
 ])
 def test_bad_augmentation_sections_name_the_file_and_key(cfg, match):
     with pytest.raises(ConfigError, match=match) as info:

@@ -117,6 +117,13 @@ def test_results_folder_layout_and_one_shared_split(bench):
         assert (out / name).is_file(), name
 
 
+def test_report_states_the_scoring_geometry(bench):
+    out, _ = bench
+    numbers = _numbers(out)["datasets"]["phantom"]
+    assert set(numbers["geometry"].values()) == {"original"}
+    assert "Scored in each image's original geometry" in (out / "report.md").read_text()
+
+
 def test_main_table_is_recomputed_from_the_per_image_csvs(bench):
     out, _ = bench
     numbers = _numbers(out)["datasets"]["phantom"]["segmentation"]
@@ -230,6 +237,12 @@ def test_protocols():
     assert recipe["optimizer"]["lr"] == 0.01  # the method's optimiser is kept
     with pytest.raises(ConfigError, match="neither 'paper', 'quick'"):
         resolve_protocol("fast")
+    # a model option no model accepts is refused while planning, before the first model trains
+    from busseg.report.benchmark import plan_benchmark
+
+    with pytest.raises(ConfigError, match=r"no option\(s\) \['widht'\]"):
+        plan_benchmark(["bench_small"], resolve_protocol("quick", ["model_options={widht: 4}"]), k=2,
+                       recipes={"bench_small": RECIPES["bench_small"]})
 
 
 def test_cli_quick_run_labels_the_report_and_records_failures(tmp_path, capsys):

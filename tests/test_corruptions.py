@@ -101,7 +101,7 @@ def test_bad_requests_are_clear_errors(scan):
 def test_evaluate_corruptions_on_a_trained_run(tmp_path):
     from busseg.engine.recipe import validate_recipe
     from busseg.engine.train import train_fold
-    from busseg.inference.robustness import evaluate_corruptions
+    from busseg.engine.robustness import evaluate_corruptions
 
     recipe = validate_recipe({"model": "unet", "model_options": {"base_channels": 4}, "image_size": 32, "epochs": 1,
                               "batch_size": 4, "cv_folds": 2, "seed": 0}, "test")

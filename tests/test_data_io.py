@@ -114,6 +114,63 @@ def test_read_image_dicom_and_spacing(tmp_path):
     assert read_pixel_spacing(save(tmp_path / "x.png", g)) is None
 
 
+def save_with_orientation(path, array, orientation: int):
+    """Store ``array`` as it is, tagged with an EXIF orientation (how viewers must turn it)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif)
+    return path
+
+
+# EXIF orientation -> how the stored pixels look once turned as viewers show them
+ORIENTED = {
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    6: lambda a: np.rot90(a, -1),  # "rotate 90 degrees clockwise to display"
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTED))
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_honoured_for_images_and_masks_alike(tmp_path, orientation, suffix):
+    stored = gray(20, 24)
+    shown = ORIENTED[orientation](stored)
+    image = read_image(save_with_orientation(tmp_path / f"scan{suffix}", stored, orientation))
+    assert image.shape == shown.shape
+    if suffix == ".png":
+        np.testing.assert_array_equal(image, shown)
+    else:
+        assert np.abs(image.astype(int) - shown).mean() < np.abs(image.astype(int) - np.rot90(shown, 2)).mean()
+    # a mask tagged like its image lands on the same pixels; so does a mask drawn on the image
+    # as it is shown (no tag): both are read the way a viewer shows them
+    lesion = square_mask(20, 24, top=2, left=3, size=6)
+    tagged = save_with_orientation(tmp_path / "mask_tagged.png", lesion, orientation)
+    drawn = save(tmp_path / "mask_drawn.png", ORIENTED[orientation](lesion))
+    for path in (tagged, drawn):
+        mask = read_mask([path], shape=image.shape)
+        np.testing.assert_array_equal(mask, ORIENTED[orientation](lesion) > 0)
+
+
+def test_prepared_data_follows_exif_orientation(tmp_path):
+    """The dataset path (folder layout -> prepare) sees the image as shown, with its mask on it."""
+    from busseg.data.preprocess import prepare
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    stored = np.zeros((16, 32), np.uint8)
+    stored[:, :8] = 200  # bright band on the left of the stored grid
+    save_with_orientation(root / "images" / "a.png", stored, 6)  # shown: the band on top
+    save(root / "masks" / "a.png", np.rot90(stored, -1))
+    prepared = prepare(load_records("folder", root, require_masks=True), image_size=16,
+                       cache_dir=tmp_path / "cache", progress=False)
+    image, mask = prepared.images[0], prepared.masks[0]
+    assert image[:4].mean() > 150 and image[-4:].mean() < 50, "the image was not turned as viewers show it"
+    np.testing.assert_array_equal(mask, (image > 100).astype(mask.dtype))
+
+
 # ------------------------------------------------------------------------------ read_mask
 
 

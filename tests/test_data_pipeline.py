@@ -174,6 +174,39 @@ def test_audit_finds_duplicates_conflicts_and_problems(duplicate_dataset):
     json.loads(report.to_json())
 
 
+def test_audit_flags_the_images_behind_each_problem(duplicate_dataset):
+    report = audit_dataset(load_records("folder", duplicate_dataset))
+    assert list(report.flagged) == ["broken"]
+    assert report.flagged["broken"][0].startswith(str(duplicate_dataset / "images" / "broken.png"))
+    assert json.loads(report.to_json())["flagged_ids"] == ["broken"]
+
+
+def test_cli_audit_exit_status_and_split_refuses_flagged_images(duplicate_dataset, tmp_path, capsys):
+    from busseg.cli.main import main
+
+    root = str(duplicate_dataset)
+    assert main(["data", "audit", "folder", "--root", root]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s) in 1 image(s): exit status 1" in out
+    for extra in ([], ["--random"]):
+        split_file = tmp_path / f"split{len(extra)}.json"
+        assert main(["data", "split", "folder", "--root", root, "--k", "2", *extra, "--out", str(split_file)]) == 2
+        err = capsys.readouterr().err
+        assert "broken.png" in err and "--lenient" in err and "Traceback" not in err
+        assert not split_file.exists()
+    # a mask that is not binary is flagged too (it would be thresholded silently in training)
+    soft = np.array(Image.open(duplicate_dataset / "masks" / "img2.png"))
+    soft[0, 0] = 100
+    Image.fromarray(soft).save(duplicate_dataset / "masks" / "img2.png")
+    lenient = tmp_path / "lenient.json"
+    assert main(["data", "split", "folder", "--root", root, "--k", "2", "--lenient", "--out", str(lenient)]) == 0
+    assert "leaving 2 flagged image(s) out of the split" in capsys.readouterr().out
+    split = load_split(lenient)
+    used = {i for fold in split["folds"] for part in ("train", "val", "test") for i in fold[part]}
+    assert sorted(split["excluded"]) == ["broken", "img2"] and not used & {"broken", "img2"}
+    assert len(used) == 11
+
+
 def test_group_map_merges_patients_and_clusters():
     # a duplicate cluster joining two patients makes one group of all their images
     records = [SampleRecord(f"i{k}", Path(f"i{k}.png"), (), "benign", group_id=f"p{k // 2}") for k in range(6)]

@@ -13,12 +13,12 @@ from PIL import Image
 from torch import nn
 
 from busseg.cli.main import main as cli_main
-from busseg.engine.evaluate import predict_probabilities
 from busseg.engine.recipe import validate_recipe
 from busseg.errors import CheckpointError
 from busseg.inference.export import ExportError, export, export_onnx, random_inputs
 from busseg.inference.onnx_runner import OnnxModel
-from busseg.inference.predict import load_predictor, predict
+from busseg.inference.predict import predict
+from busseg.inference.predictor import load as load_predictor
 from busseg.models import ModelOutput, list_models, register_model
 
 SIZE = 32
@@ -121,11 +121,11 @@ def test_round_trip_multitask_within_tolerance_with_dynamic_batch(cv_run, export
 def test_onnx_ensemble_with_tta_equals_pytorch(cv_run, exported_folds):
     out, _ = exported_folds
     torch_predictor = load_predictor(cv_run)
-    onnx_predictor = load_predictor(out, onnx=True)
-    assert len(onnx_predictor.models) == 2 and onnx_predictor.outputs == (True, True)
+    onnx_predictor = load_predictor(out)
+    assert len(onnx_predictor.models) == 2 and (onnx_predictor.segments, onnx_predictor.classifies) == (True, True)
     x = random_inputs(torch_predictor.recipe, batch=3, seed=3)
-    seg_t, cls_t = predict_probabilities(torch_predictor.models, x, tta=True)
-    seg_o, cls_o = predict_probabilities(onnx_predictor.models, x, tta=True)
+    seg_t, cls_t = torch_predictor.with_options(tta=True).probabilities(x)
+    seg_o, cls_o = onnx_predictor.with_options(tta=True).probabilities(x)
     np.testing.assert_allclose(seg_o, seg_t, atol=TOLERANCE)
     np.testing.assert_allclose(cls_o, cls_t, atol=TOLERANCE)
 
@@ -150,7 +150,10 @@ def test_predict_onnx_cli_matches_checkpoint_predictions(cv_run, exported_folds,
 
 def test_default_exporter_and_registered_model(tmp_path):
     """The default (torch.export) path, on a model given by its registered name."""
-    results = export("export_tiny", tmp_path / "tiny.onnx", overrides=[f"image_size={SIZE}", "model_options={}"])
+    from busseg.cli.export import registered_model
+
+    model = registered_model("export_tiny", overrides=[f"image_size={SIZE}", "model_options={}"])
+    results = export(model, tmp_path / "tiny.onnx")
     assert results[0].exporter in ("dynamo", "torchscript")
     if results[0].exporter == "torchscript":  # the fallback must say why
         assert results[0].notes and "dynamo export failed" in results[0].notes[0]
@@ -234,12 +237,12 @@ def test_int8_twins_are_checked_by_mask_agreement_and_kept_apart(cv_run, quantiz
     assert model.recipe == OnnxModel(out / "fold_0.onnx").recipe
     assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(model.path)).graph.node)
     # the fp32 folder is still an ensemble of the two fp32 models only
-    assert [m.precision for m in load_predictor(out, onnx=True).models] == ["fp32", "fp32"]
-    int8 = load_predictor(out / "int8", onnx=True)
+    assert [m.precision for m in load_predictor(out).models] == ["fp32", "fp32"]
+    int8 = load_predictor(out / "int8")
     assert "onnx int8" in int8.describe()
     x = random_inputs(int8.recipe, batch=4, seed=5)
-    seg_q, cls_q = predict_probabilities(int8.models, x)
-    seg_t, cls_t = predict_probabilities(load_predictor(cv_run).models, x)
+    seg_q, cls_q = int8.probabilities(x)
+    seg_t, cls_t = load_predictor(cv_run).probabilities(x)
     assert np.abs(seg_q - seg_t).max() < 0.1 and np.abs(cls_q - cls_t).max() < 0.1
 
 
@@ -249,7 +252,7 @@ def test_predict_with_int8_file_agrees_with_pytorch_masks(cv_run, quantized_fold
                      "--out", str(tmp_path / "int8"), "--no-progress"]) == 0
     assert "export_tiny_mt, onnx int8 on cpu" in capsys.readouterr().out
     predict(cv_run, scans, tmp_path / "torch", fold=0, progress=False)
-    for name in ("scan0", "scan1", "scan2"):
+    for name in ("scan0.png", "scan1.png", "scan2.png"):
         mq = np.asarray(Image.open(tmp_path / "int8" / "masks" / f"{name}.png")) > 0
         mt = np.asarray(Image.open(tmp_path / "torch" / "masks" / f"{name}.png")) > 0
         assert 2 * (mq & mt).sum() / max(mq.sum() + mt.sum(), 1) > 0.95
@@ -297,3 +300,11 @@ def test_cli_export_quantize_states_the_mask_agreement(tmp_path, capsys):
     assert "quantized to INT8 (calibrated on 4 images: phantoms)" in printed
     assert "Mask agreement with PyTorch fp32 on 8 phantom images" in printed
     assert target.is_file() and (tmp_path / "tiny.int8.onnx").is_file()
+
+
+def test_cli_export_refuses_recipe_overrides_for_a_trained_model(cv_run, tmp_path, capsys):
+    """--set / --encoder-weights build an untrained registered model; a trained one is exported
+    as it was trained, so they are refused rather than ignored."""
+    assert cli_main(["export", str(cv_run), "--out", str(tmp_path / "x"), "--set", "image_size=64"]) == 2
+    assert "--set applies to a registered model name only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -149,7 +149,7 @@ def test_spacing_scales_distances():
 def test_both_empty():
     empty = np.zeros((30, 20), bool)
     m = segmentation_metrics(empty, empty, spacing=(0.1, 0.1))
-    assert m["empty_case"] == "both"
+    assert m["empty_case"] == "both_empty"
     for name in ("dice", "iou", "precision", "recall", "specificity", "accuracy"):
         assert m[name] == 1.0
     assert m["hd95"] == m["asd"] == m["hd95_mm"] == m["asd_mm"] == 0.0
@@ -158,7 +158,7 @@ def test_both_empty():
 def test_missed_lesion_pred_empty():
     target = square(30, 5, 5, 6)
     m = segmentation_metrics(np.zeros_like(target), target, spacing=(0.1, 0.2))
-    assert m["empty_case"] == "pred_only"
+    assert m["empty_case"] == "missed"
     assert m["dice"] == m["iou"] == m["precision"] == m["recall"] == 0.0
     assert m["specificity"] == 1.0
     assert m["hd95"] == m["asd"] == pytest.approx(math.hypot(30, 30))
@@ -168,7 +168,7 @@ def test_missed_lesion_pred_empty():
 def test_false_alarm_target_empty():
     pred = square(24, 0, 0, 3)
     m = segmentation_metrics(pred, np.zeros((24, 24), int))
-    assert m["empty_case"] == "target_only"
+    assert m["empty_case"] == "false_alarm"
     assert m["dice"] == m["iou"] == m["precision"] == m["recall"] == 0.0
     assert m["specificity"] == pytest.approx(1 - 9 / 576)
     assert m["hd95"] == m["asd"] == pytest.approx(math.hypot(24, 24))
@@ -208,7 +208,7 @@ def test_batch_metrics_accepts_tensors_and_per_image_spacings():
     targets[0, 0, 3:9, 2:8] = 1
     targets[1, 0, 4:6, 4:6] = 1
     rows = batch_segmentation_metrics(preds, targets, spacings=[(1.0, 1.0), None, (2.0, 2.0)])
-    assert [r["empty_case"] for r in rows] == [None, "pred_only", "both"]
+    assert [r["empty_case"] for r in rows] == [None, "missed", "both_empty"]
     assert rows[0] == {**segmentation_metrics(preds[0, 0].numpy(), targets[0, 0].numpy(), 1.0)}
     assert "hd95_mm" not in rows[1] and rows[2]["hd95_mm"] == 0
     same = batch_segmentation_metrics(preds, targets, spacings=(0.5, 0.5))
@@ -242,7 +242,7 @@ def test_summarize_per_image_counts_empty_cases():
     assert summary["dice_mean"] == pytest.approx(np.mean(dices))
     assert summary["dice_std"] == pytest.approx(np.std(dices, ddof=1))
     assert summary["hd95_mean"] == pytest.approx(np.mean([r["hd95"] for r in rows]))
-    assert summary["empty_cases"] == {"pred_only": 1, "target_only": 0, "both": 1}
+    assert summary["empty_cases"] == {"missed": 1, "false_alarm": 0, "both_empty": 1}
     assert set(f"{m}_mean" for m in SEGMENTATION_METRICS) <= set(summary)
 
 
@@ -260,7 +260,7 @@ def test_summarize_folds_is_mean_of_fold_means():
     fold_rows = [
         [{"dice": 0.9, "empty_case": None}, {"dice": 0.7, "empty_case": None}],  # mean 0.8
         [{"dice": 0.6, "empty_case": None}],  # mean 0.6 (one image only)
-        [{"dice": 1.0, "empty_case": "both"}, {"dice": 0.4, "empty_case": None}],  # mean 0.7
+        [{"dice": 1.0, "empty_case": "both_empty"}, {"dice": 0.4, "empty_case": None}],  # mean 0.7
     ]
     folds = [summarize_per_image(rows, metrics=("dice",)) for rows in fold_rows]
     assert math.isnan(folds[1]["dice_std"])

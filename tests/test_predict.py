@@ -26,13 +26,9 @@ from busseg.inference.measurements import (
     lesion_measurements,
     max_feret_diameter,
 )
-from busseg.inference.predict import (
-    collect_inputs,
-    load_predictor,
-    predict,
-    resize_probability,
-    resolve_postprocess,
-)
+from busseg.inference.predict import collect_inputs, predict
+from busseg.inference.predictor import load as load_predictor
+from busseg.inference.predictor import resize_probability, resolve_postprocess
 from busseg.models import ModelOutput, list_models, register_model
 
 SIZE = 32
@@ -148,7 +144,8 @@ def mixed_folder(tmp_path_factory):
     return root
 
 
-GOOD = {"a": (45, 60), "b": (50, 40), "sub/c": (33, 47), "sub/d": (40, 40), "scan": (48, 64), "black": (30, 36)}
+GOOD = {"a.png": (45, 60), "b.png": (50, 40), "sub/c.bmp": (33, 47), "sub/d.jpg": (40, 40), "scan.dcm": (48, 64),
+        "black.png": (30, 36)}
 
 
 def expected_probability(models, path, tta=False):
@@ -202,33 +199,59 @@ def test_mixed_folder_writes_right_files_and_reports_bad_ones(checkpoint, mixed_
     assert scan["spacing_source"] == "dicom"
     assert scan["area_mm2"] == pytest.approx(scan["area_px"] * 0.02)
     assert rows["a.png"]["area_mm2"] is None and rows["a.png"]["spacing_source"] == ""
-    mask_a = np.asarray(Image.open(out / "masks" / "a.png")) > 0
+    mask_a = np.asarray(Image.open(out / "masks" / "a.png.png")) > 0
     assert rows["a.png"]["area_px"] == int(mask_a.sum()) > 0
     csv_lines = (out / "predictions.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("id,file,height,width")
+
+
+def test_full_disk_stops_predict_with_one_line(checkpoint, mixed_folder, tmp_path, capsys, monkeypatch):
+    """Writing an output fails (disk full): not 'skipped' image after image, but one line naming
+    the file, exit 2, and no temporary file left behind."""
+    import errno
+    import os
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    real_write_bytes = Path.write_bytes
+
+    def disk_full_for_masks(self, data):
+        if "masks" in self.parts:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_for_masks)
+    code = cli_main(["predict", "--model", str(checkpoint), str(mixed_folder / "a.png"), str(mixed_folder / "b.png"),
+                     "--out", str(out), "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("busseg: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "masks" in lines[0] and "disk full" in lines[0]
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_masks_follow_training_preprocessing_exactly(checkpoint, mixed_folder, tmp_path):
     out = tmp_path / "out"
     predict(checkpoint, [mixed_folder / "a.png", mixed_folder / "scan.dcm"], out, progress=False)
     model = load_predictor(checkpoint).models[0]
-    for name, file in (("a", "a.png"), ("scan", "scan.dcm")):
+    for file in ("a.png", "scan.dcm"):
         prob, _ = expected_probability([model], mixed_folder / file)
-        mask = np.asarray(Image.open(out / "masks" / f"{name}.png")) > 0
+        mask = np.asarray(Image.open(out / "masks" / f"{file}.png")) > 0
         np.testing.assert_array_equal(mask, prob > 0.5)
 
 
 def test_tta_and_ensemble_equal_their_definitions(tmp_path, mixed_folder):
     cv = make_cv_dir(tmp_path / "cv", "predict_tiny_mt")
     predictor = load_predictor(cv)
-    assert len(predictor.models) == 2 and predictor.outputs == (True, True)
+    assert len(predictor.models) == 2 and (predictor.segments, predictor.classifies) == (True, True)
     single = load_predictor(cv, fold=1)
     assert len(single.models) == 1 and single.sources[0].parent.parent.name == "fold_1"
     for tta in (False, True):
         out = tmp_path / f"out_tta{tta}"
         predict(predictor, mixed_folder / "a.png", out, tta=tta, save_probabilities=True, progress=False)
         prob, p_malignant = expected_probability(predictor.models, mixed_folder / "a.png", tta=tta)
-        saved = np.asarray(Image.open(out / "probabilities" / "a.png"), np.float64) / 255
+        saved = np.asarray(Image.open(out / "probabilities" / "a.png.png"), np.float64) / 255
         np.testing.assert_allclose(saved, prob, atol=0.5 / 255 + 1e-6)
         row = json.loads((out / "predictions.json").read_text())[0]
         assert row["prob_malignant"] == pytest.approx(p_malignant, abs=1e-6)
@@ -236,8 +259,8 @@ def test_tta_and_ensemble_equal_their_definitions(tmp_path, mixed_folder):
         assert row["predicted_class"] == ("malignant" if p_malignant > 0.5 else "benign")
         assert row["max_probability"] == pytest.approx(float(prob.max()), abs=1e-6)
     # TTA really changes the prediction of this (not flip-equivariant) model
-    plain = np.asarray(Image.open(tmp_path / "out_ttaFalse" / "probabilities" / "a.png"), np.int16)
-    flipped = np.asarray(Image.open(tmp_path / "out_ttaTrue" / "probabilities" / "a.png"), np.int16)
+    plain = np.asarray(Image.open(tmp_path / "out_ttaFalse" / "probabilities" / "a.png.png"), np.int16)
+    flipped = np.asarray(Image.open(tmp_path / "out_ttaTrue" / "probabilities" / "a.png.png"), np.int16)
     assert np.abs(plain - flipped).max() > 2
 
 
@@ -297,14 +320,14 @@ def test_collect_inputs_list_file_and_name_collisions(tmp_path):
         Image.fromarray(blob_image(20, 20)).save(tmp_path / name)
     (tmp_path / "list.txt").write_text("# scans\nx.png\n\nx.jpg\nmissing.png\n")
     images, problems = collect_inputs(tmp_path / "list.txt")
-    assert [(i.id, i.name) for i in images] == [("x.png", "x_png"), ("x.jpg", "x_jpg")]
+    assert [i.id for i in images] == ["x.png", "x.jpg"]
     assert problems[0]["file"].endswith("missing.png") and "not found" in problems[0]["problem"]
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "outside.txt").write_text(f"{tmp_path / 'y.png'}\n../x.png\n")
     images, problems = collect_inputs(tmp_path / "lists" / "outside.txt")
     assert [i.id for i in images] == ["y.png", "x.png"] and not problems
     images, _ = collect_inputs([tmp_path / "y.png"])
-    assert [(i.id, i.name) for i in images] == [("y.png", "y")]
+    assert [i.id for i in images] == ["y.png"]
     with pytest.raises(ConfigError, match="no image to predict"):
         collect_inputs(tmp_path / "nothing_here")
 
@@ -418,3 +441,77 @@ def test_png_writer_round_trips_exactly_through_pillow(tmp_path):
             np.testing.assert_array_equal(np.asarray(image), array)
     with pytest.raises(DataError, match="uint8"):
         png_bytes(np.zeros((4, 4), np.float32))
+
+
+# ------------------------------------------------------------------ reruns and output names
+
+
+def test_rerun_predicts_again_a_replaced_input_and_a_model_retrained_in_place(tmp_path):
+    """"Done" means: same input content and same model files (issue 14, item 3)."""
+    model = save_checkpoint(tmp_path / "model.ckpt", seed=0)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(blob_image(40, 48, 1)).save(scans / "a.png")
+    Image.fromarray(blob_image(36, 30, 2)).save(scans / "b.png")
+    out = tmp_path / "out"
+    predict(model, scans, out, progress=False)
+
+    Image.fromarray(blob_image(50, 30, 3)).save(scans / "a.png")  # replaced under the same name
+    again = predict(model, scans, out, progress=False)
+    assert (again["n_predicted"], again["n_already_done"]) == (1, 1)
+    assert Image.open(out / "masks" / "a.png.png").size == (30, 50)  # the new image's size
+    rows = {r["id"]: r for r in json.loads((out / "predictions.json").read_text())}
+    assert (rows["a.png"]["height"], rows["a.png"]["width"]) == (50, 30)
+
+    size = model.stat().st_size
+    save_checkpoint(model, seed=1)  # retrained in place: same path, same size
+    assert model.stat().st_size == size
+    third = predict(model, scans, out, progress=False)
+    assert (third["n_predicted"], third["n_already_done"]) == (2, 0)
+    retrained = load_predictor(model)
+    for name in ("a.png", "b.png"):
+        expected, _ = expected_probability(retrained.models, scans / name)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "masks" / f"{name}.png")) > 0, expected > 0.5)
+    assert predict(model, scans, out, progress=False)["n_already_done"] == 2
+
+
+def test_output_names_are_unique_and_do_not_depend_on_the_other_inputs(checkpoint, tmp_path):
+    """dup.png, dup.jpg and dup_png.png get three outputs; a folder's ids are the same however
+    it is given (issue 14, item 4)."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sizes = {"dup.png": (30, 40), "dup.jpg": (34, 44), "dup_png.png": (38, 48)}
+    for i, (name, (h, w)) in enumerate(sizes.items()):
+        Image.fromarray(blob_image(h, w, i)).save(scans / name, quality=95)
+    out = tmp_path / "out"
+    predict(checkpoint, scans, out, progress=False)
+    rows = json.loads((out / "predictions.json").read_text())
+    assert sorted(r["id"] for r in rows) == sorted(sizes)
+    assert len({r["mask"] for r in rows}) == 3 and len(list((out / "masks").rglob("*.png"))) == 3
+    for row in rows:
+        h, w = sizes[row["id"]]
+        assert Image.open(out / row["mask"]).size == (w, h)  # each row points at its own image's mask
+
+    (tmp_path / "list.txt").write_text("\n".join(f"scans/{n}" for n in sizes))
+    as_folder = [i.id for i in collect_inputs(scans)[0]]
+    as_files = [i.id for i in collect_inputs([scans / n for n in sorted(sizes)])[0]]
+    as_list = [i.id for i in collect_inputs(tmp_path / "list.txt")[0]]
+    assert sorted(as_folder) == sorted(as_files) == sorted(i.removeprefix("scans/") for i in as_list) == sorted(sizes)
+
+    dcm = tmp_path / "dcm"
+    dcm.mkdir()
+    write_dicom(dcm / "x.dcm", blob_image(48, 64, 5))
+    both = predict(checkpoint, [scans, dcm], out, progress=False)  # one --out: the same ids as before
+    assert (both["n_already_done"], both["n_predicted"]) == (3, 1)
+    assert sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png")) == \
+        sorted([*(f"{n}.png" for n in sizes), "x.dcm.png"])
+
+
+def test_two_inputs_with_one_id_are_refused(checkpoint, tmp_path):
+    for folder in ("p1", "p2"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(blob_image(20, 20)).save(tmp_path / folder / "img.png")
+    with pytest.raises(ConfigError, match=r"share the id .*img.png.*common folder"):
+        collect_inputs([tmp_path / "p1", tmp_path / "p2"])
+    images, _ = collect_inputs(tmp_path)
+    assert sorted(i.id for i in images) == ["p1/img.png", "p2/img.png"]

@@ -34,17 +34,19 @@ def otsu_baseline_masks(images: np.ndarray) -> np.ndarray:
 
 
 def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 100, image_size: int = 96,
-             epochs: int = 15, model: str = "unet", progress: bool = True) -> dict:
+             epochs: int = 15, model: str = "unet", progress: bool = True, overwrite: bool = False) -> dict:
     from busseg.data import load_records
     from busseg.data.audit import audit_dataset
     from busseg.data.preprocess import prepare
     from busseg.data.splits import fold_ids, make_split, save_split
+    from busseg.engine.rundir import check_same_split
     from busseg.engine.train import train_fold
+    from busseg.fileio import prepare_output_dir
     from busseg.metrics.aggregate import summarize_per_image
     from busseg.metrics.segmentation import segmentation_metrics
 
     started = time.time()
-    out_dir = Path(out_dir)
+    out_dir = prepare_output_dir(out_dir)
     print(f"[1/5] phantom dataset: {n_phantoms} B-mode-like images with benign/malignant lesions ({image_size}px)")
     records = load_records("phantom", n=n_phantoms, image_size=image_size, seed=0)
     prepared = prepare(records, image_size=image_size, progress=False)
@@ -52,21 +54,23 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     report = audit_dataset(records)
     print("      " + report.to_text().strip().replace("\n", "\n      ")[:1200])
     print("[3/5] group-aware 5-fold split (duplicate clusters kept in one fold)")
-    split = make_split(records, k=5, seed=0, val_fraction=0.15, groups=report.group_map())
+    recipe = apply_overrides(load_recipe(model), [
+        f"image_size={image_size}", f"epochs={epochs}", "batch_size=8", "encoder_weights=none",
+        "optimizer={name: adam, lr: 0.002}", "scheduler={name: cosine}", "early_stopping=null",
+        "augmentation={hflip: 0.5}", "model_options={base_channels: 8}", "validation.fraction=0.15",
+    ], "demo")
+    split = make_split(records, k=5, seed=0, val_fraction=recipe["validation"]["fraction"], groups=report.group_map())
     split["dataset"] = "phantom"
+    if not overwrite:  # a rerun with other settings must not replace the split of the run it keeps
+        check_same_split(out_dir / "split.json", split)
     save_split(split, out_dir / "split.json")
     train_ids, val_ids, test_ids = fold_ids(split, 0)
     print(f"      fold 0: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test -> {out_dir / 'split.json'}")
 
     print(f"[4/5] training {model} for {epochs} epochs on CPU (selection on the validation subset)")
-    recipe = apply_overrides(load_recipe(model), [
-        f"image_size={image_size}", f"epochs={epochs}", "batch_size=8", "encoder_weights=none",
-        "optimizer={name: adam, lr: 0.002}", "scheduler={name: cosine}", "early_stopping=null",
-        "augmentation={hflip: 0.5}", "model_options={base_channels: 8}",
-    ], "demo")
     run_dir = out_dir / f"{model}_fold0"
     result = train_fold(recipe, run_dir, split=split, fold=0, prepared=prepared, progress=progress,
-                        accelerator="cpu", resume=(run_dir / "result.json").is_file())
+                        accelerator="cpu", resume=True, overwrite=overwrite)
     seg = result["test"]["segmentation"]
 
     print("[5/5] non-learned baseline (Otsu threshold, largest dark component) on the same test images")
@@ -80,5 +84,5 @@ def run_demo(out_dir: str | Path = "busseg_output/demo", *, n_phantoms: int = 10
     print(f"  {'Otsu threshold':<22} Dice {base_summary['dice_mean']:.3f} ± {base_summary['dice_std']:.3f}   "
           f"IoU {base_summary['iou_mean']:.3f}   HD95 {base_summary['hd95_mean']:.1f}px")
     print(f"run: {run_dir} (recipe.yaml, split.json, run.json, checkpoints/, test/per_image.csv)")
-    print(f"demo finished in {time.time() - started:.0f} s")
+    print(f"demo finished in {time.time() - started:.0f} s; see the model on a web page: busseg serve")
     return {"model": seg, "threshold_baseline": base_summary, "run_dir": str(run_dir)}

@@ -20,3 +20,23 @@ class ConfigError(BussegError):
 
 class CheckpointError(BussegError):
     """A checkpoint is missing, corrupt or belongs to another model."""
+
+
+class OutputError(BussegError, OSError):
+    """An output cannot be written: a path that is a file, a read-only location, a full disk,
+    a missing permission. The message names the path and the reason; ``errno`` is the
+    operating system's code when there is one (it is still an ``OSError``)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        if errno is None:
+            OSError.__init__(self, message)
+        else:
+            OSError.__init__(self, errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ExportError(BussegError):
+    """A model cannot be exported, or its exported graph disagrees with PyTorch."""

@@ -19,7 +19,37 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 
 def data_options(args) -> dict:
-    return {"n": args.n_phantoms} if args.dataset == "phantom" and args.n_phantoms else {}
+    """Dataset options of the command line (``--n-phantoms``), refused where they cannot apply."""
+    from pathlib import Path
+
+    from busseg.errors import ConfigError
+
+    n = getattr(args, "n_phantoms", None)
+    if n is None:
+        return {}
+    if args.dataset != "phantom":
+        raise ConfigError(f"--n-phantoms applies to the phantom dataset only, not --dataset {args.dataset}")
+    if n < 1:
+        raise ConfigError(f"--n-phantoms must be at least 1, got {n}")
+    if args.root is not None and Path(args.root).exists():
+        raise ConfigError(f"--n-phantoms: --root {args.root} already holds phantoms, which are used as they are "
+                          "(write another set with `busseg data phantom`)")
+    return {"n": n}
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """``--folds 0,2`` as ``[0, 2]`` (None when not given)."""
+    from busseg.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        folds = [int(f) for f in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--folds {text!r}: expected comma-separated fold numbers, e.g. 0,2") from None
+    if len(set(folds)) != len(folds):
+        raise ConfigError(f"--folds {text!r}: a fold is named twice")
+    return folds
 
 
 def add_trainer_options(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from busseg.cli._common import add_trainer_options
+from busseg.cli._common import add_trainer_options, data_options, parse_folds
 
 _EPILOG_RUN = """examples:
   # every model with a recipe, fixed CPU budget, on BUSI (smoke comparison, not paper numbers)
@@ -36,10 +36,12 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true",
                    help="the fixed-budget quick protocol: 128x128, 3 epochs, batch 8, the robust augmentation "
                         "preset for every model, no pretrained weights, 3 folds (same as --protocol quick)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="recipe override applied to every model after the protocol, e.g. --set epochs=5 (repeatable)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                   help="recipe override applied after the protocol, to every model (--set epochs=5) or to one "
+                        "model (--set unet:model_options.base_channels=8) (repeatable)")
     g.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL=FILE",
-                   help="start MODEL from this recipe instead of its paper recipe (repeatable)")
+                   help="start MODEL from this recipe file instead of its paper recipe; a file without a 'model' "
+                        "field is partial and is merged onto MODEL's paper recipe (repeatable)")
     g.add_argument("--k", type=int, default=None,
                    help="folds of the shared split (default: the protocol's cv_folds; 5 under 'paper')")
 
@@ -112,8 +114,9 @@ def _resolve_models(names: list[str]) -> list[str]:
     return chosen
 
 
-def _common(args) -> dict:
+def _common(args, models: list[str]) -> dict:
     from busseg.errors import ConfigError
+    from busseg.report.benchmark import split_overrides
 
     protocol = "quick" if args.quick else args.protocol
     if args.quick and args.protocol not in ("paper", "quick"):
@@ -125,40 +128,60 @@ def _common(args) -> dict:
             raise ConfigError(f"--recipe {item!r}: expected MODEL=FILE")
         recipes[model] = path
     devices = args.devices if args.devices == "auto" else int(args.devices)
-    return dict(dataset=args.dataset, root=args.root, protocol=protocol, overrides=args.overrides, k=args.k,
-                recipes=recipes or None,
-                data_options={"n": args.n_phantoms} if args.dataset == "phantom" and args.n_phantoms else None,
+    overrides, model_overrides = split_overrides(args.overrides, models)
+    return dict(dataset=args.dataset, root=args.root, protocol=protocol, overrides=overrides, k=args.k,
+                recipes=recipes or None, model_overrides=model_overrides or None,
+                data_options=data_options(args) or None,
                 accelerator=args.accelerator, devices=devices, strategy=args.strategy, precision=args.precision,
                 progress=not args.no_progress)
 
 
-def _print_plan(models: list[str], options: dict) -> None:
-    from busseg.report.benchmark import plan_benchmark, resolve_protocol
+def _print_plan(models: list[str], options: dict, out: str) -> None:
+    """The dry run: every recipe resolved and checked as the run checks it, nothing written."""
+    from busseg.data.augment import describe_augmentation
+    from busseg.report.benchmark import check_results_folder, plan_benchmark, resolve_protocol
 
     protocol = resolve_protocol(options["protocol"], options["overrides"])
-    planned = plan_benchmark(models, protocol, k=options["k"], recipes=options["recipes"])
+    planned = plan_benchmark(models, protocol, k=options["k"], recipes=options["recipes"],
+                             model_overrides=options["model_overrides"])
+    state = check_results_folder(out, options["dataset"], planned)
     k = next(iter(planned.values()))["cv_folds"]
-    print(f"protocol {protocol.name!r}, {k} folds of one shared split of {options['dataset']}, {len(planned)} model(s):")
-    print(f"  {'model':<24} {'size':>5} {'epochs':>6} {'batch':>5} {'channels':>8}  {'weights':<8} optimizer / loss")
+    print(f"protocol {protocol.name!r}, {k} folds of one shared split of {options['dataset']}, {len(planned)} model(s) "
+          "(every model, objective and optimiser built and checked):")
+    print(f"  {'model':<24} {'size':>5} {'epochs':>6} {'batch':>5} {'channels':>8}  {'weights':<8} "
+          "optimizer / loss / augmentation / in the results folder")
     for name, r in planned.items():
+        own = (options["model_overrides"] or {}).get(name)
         print(f"  {name:<24} {r['image_size']:>5} {r['epochs']:>6} {r['batch_size']:>5} {r['in_channels']:>8}  "
-              f"{r['encoder_weights']:<8} {r['optimizer']['name']} lr={r['optimizer']['lr']} / {r['loss']['name']}")
+              f"{r['encoder_weights']:<8} {r['optimizer']['name']} lr={r['optimizer']['lr']} / {r['loss']['name']} / "
+              f"{describe_augmentation(r['augmentation'])} / {state[name]}"
+              + (f"; own overrides {' '.join(own)}" if own else ""))
+
+
+def _corruptions(args) -> list[str] | None:
+    """The corruption names of ``--corruptions`` (all when given without names), or ``None``."""
+    if args.corruptions is None:
+        return None
+    from busseg.data.corruptions import parse_corruptions
+
+    return parse_corruptions(args.corruptions)
 
 
 def _run(args) -> int:
     from busseg.report.benchmark import parse_cross, run_benchmark
 
-    options = _common(args)
+    models = _resolve_models(args.models)
+    options = _common(args, models)
     if args.dry_run:
+        parse_folds(args.folds)
         parse_cross(args.cross)
-        _print_plan(_resolve_models(args.models), options)
+        _corruptions(args)
+        _print_plan(models, options, args.out)
         return 0
-    from busseg.data.corruptions import parse_corruptions
-
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    corruptions = parse_corruptions(args.corruptions) if args.corruptions is not None else None
-    record = run_benchmark(args.out, _resolve_models(args.models), folds=folds, split=args.split,
-                           cross=parse_cross(args.cross), corruptions=corruptions, complexity=not args.no_complexity,
+    folds = parse_folds(args.folds)
+    record = run_benchmark(args.out, models, folds=folds, split=args.split,
+                           cross=parse_cross(args.cross), corruptions=_corruptions(args),
+                           complexity=not args.no_complexity,
                            report=not args.no_report, **options)
     for model, status in record["status"].items():
         print(f"{model}: " + ("FAILED " + status["error"] if "error" in status else
@@ -170,6 +193,10 @@ def _run(args) -> int:
 def _report(args) -> int:
     from busseg.report.compose import build_report
 
+    if args.cases and args.no_qualitative:
+        from busseg.errors import ConfigError
+
+        raise ConfigError("--cases chooses the images of the qualitative grid, which --no-qualitative leaves out")
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     paths = build_report(args.results, cases=cases, alpha=args.alpha, qualitative=not args.no_qualitative)
     print(f"wrote {paths['markdown']}, {paths['html']}")
@@ -179,7 +206,8 @@ def _report(args) -> int:
 def _leakage(args) -> int:
     from busseg.report.leakage import leakage_study
 
-    meta = leakage_study(args.out, _resolve_models(args.models), **_common(args))
+    models = _resolve_models(args.models)
+    meta = leakage_study(args.out, models, **_common(args, models))
     for model, result in meta["models"].items():
         d = result["difference"]
         print(f"{model}: random − grouped Dice {d['dice'] * 100:+.2f} points, IoU {d['iou'] * 100:+.2f} points "

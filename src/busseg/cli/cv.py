@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from busseg.cli._common import (add_dataset_options, add_recipe_options, add_trainer_options,
-                                data_options, resolve_recipe, trainer_options)
+                                data_options, parse_folds, resolve_recipe, trainer_options)
 
 
 def register(sub) -> None:
@@ -16,7 +16,12 @@ def register(sub) -> None:
     p.add_argument("--split", default=None, help="split JSON file (default: a new group-aware split)")
     p.add_argument("--folds", default=None, help="comma-separated subset of folds, e.g. 0,1")
     p.add_argument("--out", required=True, help="cross-validation directory (fold_k sub-directories)")
-    p.add_argument("--resume", action="store_true", help="skip finished folds and continue interrupted ones")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue interrupted folds (finished folds are reused when their recipe, data and "
+                            "split are the same; anything else is refused)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="train the folds again, discarding the runs (and split.json) already in --out")
     add_trainer_options(p)
     p.set_defaults(func=run)
 
@@ -43,10 +48,11 @@ def format_cv(cv: dict) -> str:
 def run(args) -> int:
     from busseg.engine.train import cross_validate
 
+    folds = parse_folds(args.folds)
     recipe = resolve_recipe(args)
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     cv = cross_validate(recipe, args.out, dataset=args.dataset, root=args.root, split=args.split, folds=folds,
-                        data_options=data_options(args), resume=args.resume, **trainer_options(args))
+                        data_options=data_options(args), resume=args.resume, overwrite=args.overwrite,
+                        **trainer_options(args))
     if cv:
         print(format_cv(cv))
     return 0

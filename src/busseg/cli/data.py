@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from busseg.errors import ConfigError
+from busseg.fileio import atomic_write_text, prepare_output_dir, prepare_output_file
 
 _DATASET_HELP = (
     "dataset: phantom, busi, busbra, udiat, stu or folder (without --root, looked up under "
@@ -27,7 +28,8 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lenient",
         action="store_true",
-        help="skip samples with layout problems (with a warning) instead of stopping",
+        help="skip samples with layout problems (with a warning) instead of stopping; split: also leave out "
+        "the images the audit flags (recorded under 'excluded' in the split file)",
     )
 
 
@@ -40,6 +42,11 @@ def _records(args):
 def _audit(args) -> int:
     from busseg.data import audit_dataset
 
+    if args.max_items < 0:
+        raise ConfigError(f"--max-items must be >= 0, got {args.max_items}")
+    if args.out is not None:
+        prepare_output_file(args.out)
+
     records = _records(args)
     report = audit_dataset(
         records,
@@ -50,39 +57,105 @@ def _audit(args) -> int:
     )
     print(report.to_text(max_items=args.max_items))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report.to_json() + "\n")
+        atomic_write_text(args.out, report.to_json() + "\n")
         print(f"\nreport written to {args.out}")
+    if report.problems:
+        print(f"\n{len(report.problems)} problem(s) in {len(report.flagged)} image(s): exit status 1. "
+              "`busseg data split` refuses these images (--lenient leaves them out).")
+        return 1
     return 0
+
+
+def _val_fraction(args) -> float:
+    """``--val-fraction``, else the validation.fraction of ``--recipe``, else the recipes'
+    default: the recipe is the one source of truth, and an explicit fraction that contradicts
+    a given recipe is warned about (runs with that recipe will use the split's fraction)."""
+    import logging
+
+    from busseg.engine.recipe import DEFAULTS, load_recipe
+
+    recipe = load_recipe(args.recipe)["validation"]["fraction"] if args.recipe else None
+    if args.val_fraction is None:
+        return float(recipe if recipe is not None else DEFAULTS["validation"]["fraction"])
+    if recipe is not None and abs(args.val_fraction - recipe) > 1e-9:
+        logging.getLogger("busseg").warning(
+            "--val-fraction %g differs from the validation.fraction %g of recipe %s; the split is written with "
+            "%g, and runs of that recipe on this split validate on the split's images", args.val_fraction, recipe,
+            args.recipe, args.val_fraction)
+    return float(args.val_fraction)
+
+
+def _usable_records(records, report, lenient: bool):
+    """The records a split may use: none the audit flags, unless ``lenient`` leaves them out."""
+    from busseg.data.adapters._common import MAX_LISTED
+    from busseg.errors import DataError
+
+    if not report.flagged:
+        return records
+    lines = [f"  {problem}" for problems in report.flagged.values() for problem in problems]
+    listed = "\n".join(lines[:MAX_LISTED])
+    if len(lines) > MAX_LISTED:
+        listed += f"\n  ... and {len(lines) - MAX_LISTED} more"
+    if not lenient:
+        raise DataError(
+            f"{len(report.flagged)} image(s) have problems the audit reports; a split would hand them to training:\n"
+            f"{listed}\nfix or remove them (`busseg data audit` lists every problem), or pass --lenient to leave "
+            "them out of the split")
+    print(f"leaving {len(report.flagged)} flagged image(s) out of the split (--lenient):\n{listed}")
+    return [r for r in records if r.id not in report.flagged]
+
+
+def _refuse_unused_split_options(args) -> None:
+    if args.busbra_official is not None:
+        for option, given in (("--k", args.k is not None), ("--threshold", args.threshold is not None),
+                              ("--random", args.random), ("--include-normal", args.include_normal),
+                              ("--lenient", args.lenient)):
+            if given:
+                raise ConfigError(f"{option} has no effect with --busbra-official (the official partition fixes "
+                                  "the folds and the images)")
+    elif args.random and args.threshold is not None:
+        raise ConfigError("--threshold groups near-duplicates, which --random deliberately ignores")
 
 
 def _split(args) -> int:
     from busseg.data import audit_dataset, import_busbra_folds, make_split, random_split, save_split
 
+    _refuse_unused_split_options(args)
+    args.val_fraction = _val_fraction(args)
+    if args.busbra_official is not None and args.dataset != "busbra":
+        raise ConfigError("--busbra-official only applies to the busbra dataset")
+    prepare_output_file(args.out)
+    k = 5 if args.k is None else args.k
+    threshold = 6 if args.threshold is None else args.threshold
+    records = _records(args)
+    # every split reads every image and mask once: files the audit flags never reach a split
+    report = audit_dataset(records, near_duplicate_threshold=threshold, dataset=args.dataset, progress=True)
     if args.busbra_official is not None:
-        if args.dataset != "busbra":
-            raise ConfigError("--busbra-official only applies to the busbra dataset")
+        _usable_records(records, report, lenient=False)
         from busseg.data import dataset_root
 
         split = import_busbra_folds(
             dataset_root("busbra", args.root), k=args.busbra_official, val_fraction=args.val_fraction, seed=args.seed
         )
     else:
-        records = _records(args)
+        usable = _usable_records(records, report, args.lenient)
         if args.random:
-            split = random_split(records, k=args.k, seed=args.seed, val_fraction=args.val_fraction, dataset=args.dataset)
+            split = random_split(usable, k=k, seed=args.seed, val_fraction=args.val_fraction, dataset=args.dataset)
         else:
-            report = audit_dataset(records, near_duplicate_threshold=args.threshold, dataset=args.dataset, read_masks=False, progress=True)
             print(
                 f"audit: {len(report.clusters)} near-duplicate clusters ({report.n_clustered_images} images) "
                 "kept inside one fold each"
             )
             split = make_split(
-                records, k=args.k, seed=args.seed, val_fraction=args.val_fraction, groups=report.group_map(), dataset=args.dataset
+                usable, k=k, seed=args.seed, val_fraction=args.val_fraction, groups=report.group_map(), dataset=args.dataset
             )
-            split["audit"] = {"near_duplicate_threshold": args.threshold, "clusters": report.clusters}
+            split["audit"] = {"near_duplicate_threshold": threshold, "clusters": report.clusters}
+        if len(usable) < len(records):
+            split["excluded"] = {i: report.flagged[i] for i in sorted(report.flagged)}
     save_split(split, args.out)
-    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: {split['grouping']})")
+    carved = "" if split.get("val_fraction") is None else f", validation fraction {split['val_fraction']:g}"
+    print(f"{split['k']}-fold split of {split['n_samples']} images ({split['n_groups']} groups, grouping: "
+          f"{split['grouping']}{carved})")
     for fold in split["folds"]:
         counts = ", ".join(f"{part} {len(fold[part])} {json.dumps(fold['counts'][part])}" for part in ("train", "val", "test"))
         print(f"  fold {fold['fold']}: {counts}")
@@ -92,6 +165,10 @@ def _split(args) -> int:
 
 def _phantom(args) -> int:
     from busseg.data import write_phantom_dataset
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: is a file, not a folder")
+    prepare_output_dir(args.out.parent, f"--out {args.out}: its folder")  # the dataset folder appears whole
 
     root = write_phantom_dataset(args.out, n=args.n, image_size=args.size, seed=args.seed)
     print(f"{args.n} phantoms of {args.size}x{args.size} px (seed {args.seed}) written to {root} (folder layout)")
@@ -114,7 +191,9 @@ def register(subparsers) -> None:
         description="Read every image and mask once and report class counts, image sizes, "
         "unreadable files, empty/multiple/non-binary masks, exact duplicates (identical pixels) "
         "and near-duplicate clusters (64-bit DCT hash), flagging clusters whose members carry "
-        "different labels or masks.",
+        "different labels or masks. Exit status: 0 when no file has a problem, 1 when some have (they "
+        "are listed; `data split` refuses them), 2 on an error. Duplicate clusters and label conflicts "
+        "are findings, not problems: `data split` keeps each cluster inside one fold.",
     )
     _add_dataset_args(audit)
     audit.add_argument("--threshold", type=int, default=6, help="max Hamming distance of near-duplicates (default 6 of 64 bits)")
@@ -128,13 +207,19 @@ def register(subparsers) -> None:
         help="write a stratified, leakage-free k-fold split (JSON)",
         description="Write a k-fold split file. By default it is stratified by class and "
         "group-aware: patients and the audit's near-duplicate clusters stay inside one fold; each "
-        "fold's validation set is carved from its training folds only.",
+        "fold's validation set is carved from its training folds only. Every image and mask is read "
+        "first: images the audit flags (unreadable, size mismatch, non-binary or empty masks...) are "
+        "refused, or left out with --lenient.",
     )
     _add_dataset_args(split)
-    split.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    split.add_argument("--k", type=int, default=None, help="number of folds (default 5)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    split.add_argument("--val-fraction", type=float, default=0.1, help="share of each training pool used for validation (default 0.1)")
-    split.add_argument("--threshold", type=int, default=6, help="near-duplicate Hamming threshold used for grouping (default 6)")
+    split.add_argument("--val-fraction", type=float, default=None,
+                       help="share of each training pool used for validation (default: the validation.fraction "
+                            "of --recipe, else the recipes' default 0.2)")
+    split.add_argument("--recipe", default=None, metavar="NAME|FILE",
+                       help="take the validation fraction from this recipe (e.g. the one the runs will use)")
+    split.add_argument("--threshold", type=int, default=None, help="near-duplicate Hamming threshold used for grouping (default 6)")
     split.add_argument(
         "--random",
         action="store_true",

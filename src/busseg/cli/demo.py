@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=96, help="image size (divisible by 16)")
     p.add_argument("--epochs", type=int, default=15, help="training epochs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again when --out holds a demo run of other settings (default: refuse)")
     p.set_defaults(func=run)
 
 
@@ -20,5 +22,5 @@ def run(args) -> int:
     from busseg.demo import run_demo
 
     run_demo(args.out, n_phantoms=args.n, image_size=args.image_size, epochs=args.epochs,
-             progress=not args.no_progress)
+             progress=not args.no_progress, overwrite=args.overwrite)
     return 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import pkgutil
 import sys
 
 import busseg
+from busseg.console import configure_logging
 from busseg.errors import BussegError
 
 
@@ -35,18 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except BussegError as exc:
         print(f"busseg: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("busseg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"busseg: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the OS refused: one line naming it, no traceback
+        from busseg.fileio import os_error_line
+
+        print(f"busseg: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

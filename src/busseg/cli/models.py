@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also count GFLOPs and GMACs of one forward pass at --image-size (slower)",
     )
     parser.add_argument(
-        "--image-size", type=int, default=256, metavar="PX",
+        "--image-size", type=int, default=None, metavar="PX",
         help="square input size for --flops (default: 256)",
     )
     parser.add_argument(
@@ -150,6 +150,9 @@ def _format_table(rows: list[dict], flops: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image_size is not None and not args.flops:
+        raise ConfigError("--image-size sets the input of the FLOP count: add --flops")
+    args.image_size = 256 if args.image_size is None else args.image_size
     if args.image_size < 1:
         raise ConfigError(f"--image-size must be positive, got {args.image_size}")
     rows = describe_models(args.names, args.flops, args.image_size, args.in_channels)

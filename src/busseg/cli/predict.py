@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """\
-outputs (in --out):
-  masks/<name>.png      predicted mask at the image's original size (0/255)
-  overlays/<name>.png   the mask over the image
+outputs (in --out), named by each image's path relative to the folder or list it was found
+through, suffix included (scans/sub/a.jpg given as scans -> masks/sub/a.jpg.png):
+  masks/<id>.png        predicted mask at the image's original size (0/255)
+  overlays/<id>.png     the mask over the image
   predictions.csv/json  one row per image: lesion found, area (px, mm² with a spacing), bounding box,
                         maximum diameter, orientation (wider-than-tall / taller-than-wide),
                         circularity, peak probability, class probabilities of multi-task models
   failures.csv          files that could not be read, and why (they are skipped)
   summary.json          counts, timing and settings
 
-Run the same command again after an interruption: finished images are skipped.
+Run the same command again after an interruption: finished images are skipped (an image
+replaced under the same name, or a model file retrained in place, is predicted again).
 Exit status: 0 when every file was predicted, 1 when some files were skipped (the others are
 written), 2 on an error that stopped the run.
 
@@ -41,7 +43,9 @@ def register(sub) -> None:
                      help="checkpoint, train run or cv folder (repeat to ensemble several)")
     src.add_argument("--onnx", dest="onnx_models", action="append", metavar="PATH",
                      help="ONNX file or folder of ONNX files written by `busseg export` (run by onnxruntime)")
-    p.add_argument("--fold", type=int, default=None, help="with a cv folder: use only this fold's model")
+    p.add_argument("--fold", type=int, default=None,
+                   help="with a cv folder given by --model: use only this fold's model (with --onnx, pass that "
+                        "fold's file)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: mean of the identity, horizontal and vertical flips")
     p.add_argument("--postprocess", default=None, metavar="SPEC",
@@ -71,13 +75,25 @@ def parse_postprocess(text: str | None):
 
 
 def run(args) -> int:
+    from busseg.errors import ConfigError
+    from busseg.fileio import prepare_output_dir
     from busseg.inference.predict import predict
+    from busseg.inference.predictor import load
 
     onnx = bool(args.onnx_models)
-    summary = predict(args.onnx_models if onnx else args.models, args.inputs, args.out, onnx=onnx,
-                      fold=args.fold, tta=args.tta, postprocess=parse_postprocess(args.postprocess),
+    if onnx and args.fold is not None:
+        raise ConfigError("--fold picks one model of a cv folder given with --model; with --onnx pass that "
+                          "fold's file (fold_<k>.onnx) instead")
+    postprocess = parse_postprocess(args.postprocess)
+    prepare_output_dir(args.out)
+    predictor = load(args.onnx_models if onnx else args.models, fold=args.fold, device=args.device, tta=args.tta,
+                     postprocess=postprocess, batch_size=args.batch_size)
+    if onnx and predictor.backend != "onnx":
+        raise ConfigError(f"--onnx: {', '.join(args.onnx_models)} holds PyTorch checkpoints, not ONNX files "
+                          "(use --model)")
+    summary = predict(predictor, args.inputs, args.out,
                       pixel_spacing=tuple(args.pixel_spacing) if args.pixel_spacing else None,
-                      batch_size=args.batch_size, workers=args.workers, device=args.device,
+                      batch_size=args.batch_size, workers=args.workers,
                       overlays=not args.no_overlays, save_probabilities=args.save_probabilities,
                       overwrite=args.overwrite, progress=not args.no_progress)
     speed = f" ({summary['images_per_s']:.1f} images/s)" if summary["images_per_s"] else ""

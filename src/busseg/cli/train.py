@@ -18,7 +18,11 @@ def register(sub) -> None:
     p.add_argument("--split", default=None, help="split JSON file (default: a new group-aware split)")
     p.add_argument("--fold", type=int, default=0, help="fold of the split to train (default 0)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its last checkpoint (same recipe, data and split; a "
+                            "finished run is reported, never extended)")
+    again.add_argument("--overwrite", action="store_true", help="discard the run already in --out and train again")
     add_trainer_options(p)
     p.set_defaults(func=run)
 
@@ -29,7 +33,7 @@ def run(args) -> int:
     recipe = resolve_recipe(args)
     result = train_fold(recipe, args.out, dataset=args.dataset, root=args.root, split=args.split,
                         fold=args.fold, data_options=data_options(args), resume=args.resume,
-                        **trainer_options(args))
+                        overwrite=args.overwrite, **trainer_options(args))
     if result:
         seg = result.get("test", {}).get("segmentation")
         if seg:

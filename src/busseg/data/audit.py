@@ -22,6 +22,12 @@ Method:
 
 Every unreadable file, size mismatch, empty or non-binary mask is collected as a problem (the
 audit never stops at the first one).
+
+Why the DCT hash is written here (:func:`dct_hash`, a few lines on Pillow and SciPy's
+``dctn``) rather than taken from ``imagehash``: the hash decides which images a split keeps
+together, so its exact definition (resize filter, coefficients kept, median without the DC
+term) is fixed and documented here, not left to another package's release; and it saves a
+dependency for ten lines.
 """
 
 from __future__ import annotations
@@ -111,6 +117,8 @@ class AuditReport:
     labels: dict[str, str] = field(default_factory=dict, repr=False)
     patient_groups: dict[str, str | None] = field(default_factory=dict, repr=False)
     min_distances: dict[str, int] = field(default_factory=dict, repr=False)
+    #: record id -> its problems (``"<file>: <problem>"``): the images ``data split`` refuses.
+    flagged: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def group_map(self) -> dict[str, str]:
         """id -> split group: records linked by a duplicate cluster OR a shared patient id
@@ -160,6 +168,7 @@ class AuditReport:
             "empty_masks": self.empty_masks,
             "multiple_masks": self.multiple_masks,
             "problems": [{"path": p, "problem": m} for p, m in self.problems],
+            "flagged_ids": sorted(self.flagged),
             "exact_duplicates": self.exact_duplicates,
             "near_duplicate_threshold": self.near_duplicate_threshold,
             "hash_size": self.hash_size,
@@ -216,6 +225,15 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
+def _flagged_records(records: Sequence[SampleRecord], problems: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each problem (named by one of a record's files) attached to that record's id."""
+    owner = {str(path): r.id for r in records for path in (r.image_path, *r.mask_paths)}
+    flagged: dict[str, list[str]] = {}
+    for path, message in problems:
+        flagged.setdefault(owner.get(path, path), []).append(f"{path}: {message}")
+    return flagged
+
+
 def audit_dataset(
     records: Sequence[SampleRecord],
     *,
@@ -244,12 +262,9 @@ def audit_dataset(
     empty, multiple = [], []
     hashes, pixel_digests, mask_signatures, ok_ids = [], [], {}, []
     seen_ids: set[str] = set()
-    iterator = records
-    if progress:
-        from tqdm import tqdm
+    from busseg.console import progress_bar
 
-        iterator = tqdm(records, desc="auditing", unit="img", leave=False)
-    for record in iterator:
+    for record in progress_bar(records, desc="auditing", unit="img", enabled=progress):
         if record.id in seen_ids:
             problems.append((str(record.image_path), f"duplicate record id {record.id!r}"))
             continue
@@ -332,6 +347,7 @@ def audit_dataset(
             mask_conflicts.append(cluster)
 
     return AuditReport(
+        flagged=_flagged_records(records, problems),
         dataset=dataset,
         n_records=len(records),
         class_counts=dict(sorted(Counter(r.label for r in records).items())),

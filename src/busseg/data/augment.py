@@ -25,7 +25,7 @@ Two families of recipe keys (``augmentation`` section):
   max]`` (absolute angle, random sign; ACSNet's 10-30 degrees), ``scale = [min, max]`` (zoom
   of every sample), ``brightness`` (maximum additive shift) and ``contrast`` (maximum relative
   change around the image mean) — the latter two applied to every sample;
-- transforms given as ``{p: probability, ...parameters}`` mappings (see :data:`TRANSFORMS`):
+- transforms given as ``{p: probability, ...parameters}`` mappings (see :data:`TRANSFORM_SCHEMAS`):
   nnU-Net's default pipeline (Isensee et al., Nat. Methods 2021, supplementary: rotation and
   scaling, Gaussian noise, Gaussian blur, multiplicative brightness, contrast, simulated low
   resolution, gamma, mirroring) and ultrasound's own (speckle, depth-dependent gain, dynamic
@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from busseg.errors import ConfigError
+from busseg.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, Check, check_section, choice, is_number, number, pair
 
 # kornia is imported lazily (in the pipeline builders): importing it costs ~1 s and most commands
 # (predict, evaluate, report) never augment.
@@ -71,99 +72,101 @@ ROBUST_PRESET: dict[str, Any] = {
 }
 PRESETS = {"robust": ROBUST_PRESET}
 
-#: Keys of the papers' recipes: name -> accepted types.
-PAPER_KEYS: dict[str, tuple[type, ...]] = {
-    "hflip": (int, float),
-    "vflip": (int, float),
-    "rotate": (int, float),
-    "rotate_deg": (list,),
-    "scale": (list,),
-    "brightness": (int, float),
+#: The papers' keys, one check each (:mod:`busseg.schema`). ``contrast`` as a number is the
+#: papers' form (maximum relative change); as a mapping it is nnU-Net's (``TRANSFORM_SCHEMAS``).
+PAPER_SCHEMA: dict[str, Check] = {
+    "hflip": PROBABILITY,
+    "vflip": PROBABILITY,
+    "rotate": PROBABILITY,
+    "rotate_deg": pair(number(0, 180)),
+    "scale": pair(number(0, 10, lo_open=True)),
+    "brightness": number(0, 1),
+    "contrast": number(0, 1, hi_open=True),
 }
-#: Mapping-valued transforms: name -> {parameter: kind}; every mapping also takes ``p``.
-#: Kinds: "number", "pair" ([min, max]), "int".
-TRANSFORMS: dict[str, dict[str, str]] = {
-    "fov_crop": {"area": "pair"},
-    "affine": {"degrees": "number", "scale": "pair"},
-    "elastic": {"spacing": "number", "magnitude": "number"},
-    "speckle": {"sigma": "pair", "grain": "pair"},
-    "depth_gain": {"max_db": "number", "knots": "int"},
-    "dynamic_range": {"ratio": "pair"},
-    "low_resolution": {"zoom": "pair"},
-    "gaussian_blur": {"sigma": "pair"},
-    "gaussian_noise": {"std": "number"},
-    "multiplicative_brightness": {"factor": "pair"},
-    "contrast": {"factor": "pair"},
-    "gamma": {"gamma": "pair"},
+#: Mapping-valued transforms: their parameters, one check each; every mapping also takes ``p``
+#: (probability per sample, default 1) and needs every parameter listed here.
+TRANSFORM_SCHEMAS: dict[str, dict[str, Check]] = {
+    "fov_crop": {"area": pair(number(0, 1, lo_open=True))},
+    "affine": {"degrees": number(0, 180), "scale": pair(number(0, 10, lo_open=True))},
+    "elastic": {"spacing": number(0, 1, lo_open=True), "magnitude": NON_NEGATIVE},
+    "speckle": {"sigma": pair(NON_NEGATIVE), "grain": pair(POSITIVE)},
+    "depth_gain": {"max_db": NON_NEGATIVE, "knots": number(2, integer=True)},
+    "dynamic_range": {"ratio": pair(POSITIVE)},
+    "low_resolution": {"zoom": pair(number(0, 1, lo_open=True))},
+    "gaussian_blur": {"sigma": pair(POSITIVE)},
+    "gaussian_noise": {"std": NON_NEGATIVE},
+    "multiplicative_brightness": {"factor": pair(NON_NEGATIVE)},
+    "contrast": {"factor": pair(NON_NEGATIVE)},
+    "gamma": {"gamma": pair(POSITIVE)},
 }
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _mapping(value: Any) -> str | None:
+    return f"must be a mapping such as {{p: 0.2, ...}}, got {value!r}"  # only reached for a non-mapping
+
+
+#: Every key an ``augmentation`` section may hold (a mapping-valued key's parameters are checked
+#: against ``TRANSFORM_SCHEMAS``).
+AUGMENTATION_SCHEMA: dict[str, Check] = {
+    "preset": choice(*PRESETS),
+    **{name: _mapping for name in TRANSFORM_SCHEMAS},
+    **PAPER_SCHEMA,
+}
+
+
+def _is_transform(key: str, value: Any) -> bool:
+    return key in TRANSFORM_SCHEMAS and isinstance(value, dict)
 
 
 def resolve_augmentation(cfg: dict | None, source: str = "<recipe>") -> dict:
     """Check an ``augmentation`` section and return it with its preset expanded.
 
-    Raises ConfigError naming ``source`` and the key for an unknown key or preset, a wrong type,
-    a probability outside [0, 1] or a reversed ``[min, max]`` pair.
+    Keys written next to ``preset`` override the preset's (a mapping key by key). Raises
+    :class:`ConfigError` naming ``source`` and the key for an unknown key, parameter or preset, a
+    value out of range or of the wrong kind, a reversed ``[min, max]`` pair or a missing parameter.
+    Resolving a resolved section (with its ``preset`` name) returns it unchanged.
     """
     cfg = dict(cfg or {})
+    check_section({k: v for k, v in cfg.items() if not _is_transform(k, v)}, AUGMENTATION_SCHEMA, "augmentation",
+                  source)
     preset = cfg.pop("preset", None)
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"{source}: unknown augmentation preset {preset!r}; known: {sorted(PRESETS)}")
     out = copy.deepcopy(PRESETS[preset]) if preset else {}
     for key, value in cfg.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
+        out[key] = {**out[key], **value} if _is_transform(key, value) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
     for key, value in out.items():
-        where = f"{source}: augmentation.{key}"
-        if key == "contrast" and _is_number(value):  # the papers' form: max relative change
-            if not 0 <= value < 1:
-                raise ConfigError(f"{where} must be in [0, 1), got {value!r}")
-            continue
-        if key in PAPER_KEYS:
-            if not isinstance(value, PAPER_KEYS[key]) or isinstance(value, bool):
-                raise ConfigError(f"{where} has the wrong type ({value!r})")
-            if isinstance(value, list):
-                _check_pair(value, where)
-            elif key in ("hflip", "vflip", "rotate") and not 0 <= value <= 1:
-                raise ConfigError(f"{where} is a probability and must be in [0, 1], got {value!r}")
-            continue
-        if key not in TRANSFORMS:
-            known = sorted({*PAPER_KEYS, *TRANSFORMS, "preset"})
-            raise ConfigError(f"{source}: unknown augmentation {key!r}; known: {known}")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping such as {{p: 0.2, ...}}, got {value!r}")
-        params = TRANSFORMS[key]
-        for name, param in value.items():
-            if name == "p":
-                if not _is_number(param) or not 0 <= param <= 1:
-                    raise ConfigError(f"{where}.p must be a probability in [0, 1], got {param!r}")
-                continue
-            kind = params.get(name)
-            if kind is None:
-                raise ConfigError(f"{where}: unknown parameter {name!r}; known: {sorted(params) + ['p']}")
-            if kind == "pair":
-                _check_pair(param, f"{where}.{name}")
-            elif kind == "int" and (not isinstance(param, int) or isinstance(param, bool) or param < 2):
-                raise ConfigError(f"{where}.{name} must be an integer >= 2, got {param!r}")
-            elif kind == "number" and (not _is_number(param) or param < 0):
-                raise ConfigError(f"{where}.{name} must be a non-negative number, got {param!r}")
-        missing = [name for name in params if name not in value]
-        if missing:
-            raise ConfigError(f"{where}: missing parameter(s) {missing}")
-        value.setdefault("p", 1.0)
+        if _is_transform(key, value):
+            schema = TRANSFORM_SCHEMAS[key]
+            check_section(value, {"p": PROBABILITY, **schema}, f"augmentation.{key}", source)
+            missing = [name for name in schema if name not in value]
+            if missing:
+                raise ConfigError(f"{source}: augmentation.{key} misses parameter(s) {missing} "
+                                  f"(it takes {', '.join(['p', *schema])})")
+            value.setdefault("p", 1.0)
     return out
 
 
-def _check_pair(value: Any, where: str) -> None:
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
-        raise ConfigError(f"{where} must be a [min, max] pair, got {value!r}")
-    if value[0] > value[1]:
-        raise ConfigError(f"{where}: min {value[0]} is larger than max {value[1]}")
+def describe_augmentation(cfg: dict | None) -> str:
+    """A short label of an ``augmentation`` section for plans and tables: ``"robust"``,
+    ``"robust (changed: hflip, speckle)"`` when keys next to the preset change it, ``"paper: hflip,
+    rotate"`` (the recipe's own keys that do something) or ``"none"``."""
+    resolved = resolve_augmentation(cfg)
+    preset = (cfg or {}).get("preset")
+    if preset:
+        base = resolve_augmentation({"preset": preset})
+        changed = sorted(k for k in {*base, *resolved} if base.get(k) != resolved.get(k))
+        return f"{preset} (changed: {', '.join(changed)})" if changed else preset
+    active = active_keys(resolved)
+    return f"paper: {', '.join(active)}" if active else "none"
+
+
+def active_keys(resolved: dict) -> list[str]:
+    """The keys of a resolved section that change images: a transform with ``p > 0``, a paper
+    probability or strength above 0, a ``scale`` range other than ``[1, 1]``."""
+    return [k for k, v in resolved.items()
+            if (isinstance(v, dict) and v.get("p", 0) > 0)
+            or (k in ("hflip", "vflip", "rotate", "brightness", "contrast") and is_number(v) and v > 0)
+            or (k == "scale" and [float(x) for x in v] != [1.0, 1.0])]
 
 
 # ------------------------------------------------------------------ selected samples only
@@ -500,7 +503,7 @@ def build_pipeline(cfg: dict, size: tuple[int, int]) -> list:
         # kornia's "contrast" multiplies pixel values: nnU-Net's multiplicative brightness
         ops.append(_selected_only(K.RandomContrast)(tuple(c["factor"]), clip_output=True, p=c["p"]))
     contrast = cfg.get("contrast")
-    if _is_number(contrast) and contrast > 0:
+    if is_number(contrast) and contrast > 0:
         ops.append(build_contrast([1 - contrast, 1 + contrast], 1.0))
     elif c := on("contrast"):
         ops.append(build_contrast(c["factor"], c["p"]))
@@ -528,13 +531,7 @@ class BatchAugmenter:
 
     @property
     def enabled(self) -> bool:
-        cfg = self.cfg
-        return any(
-            (isinstance(v, dict) and v.get("p", 0) > 0)
-            or (k in ("hflip", "vflip", "rotate", "brightness", "contrast") and _is_number(v) and v > 0)
-            or (k == "scale" and [float(x) for x in v] != [1.0, 1.0])
-            for k, v in cfg.items()
-        )
+        return bool(active_keys(self.cfg))
 
     def pipeline(self, size: tuple[int, int], device: torch.device):
         key = (tuple(size), str(device))

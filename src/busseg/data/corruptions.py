@@ -24,7 +24,7 @@ import io
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -293,12 +293,25 @@ def corrupt(image: np.ndarray, mask: np.ndarray, name: str, severity: int, *, ke
     return np.ascontiguousarray(out, dtype=np.uint8), np.ascontiguousarray(out_mask, dtype=bool)
 
 
+def check_corruptions(names: Sequence[str] | None,
+                      severities: Sequence[int] = SEVERITIES) -> tuple[list[str], list[int]]:
+    """The corruption ``names`` (``None`` or empty: all) and ``severities``, checked: an unknown
+    name or a severity outside 1-5 is a :class:`ConfigError` naming it."""
+    names = list(names or CORRUPTIONS)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown corruption(s) {unknown}; known: {', '.join(CORRUPTIONS)}")
+    try:
+        levels = [int(s) for s in severities]
+    except (TypeError, ValueError):
+        levels = []
+    if not levels or any(s not in SEVERITIES for s in levels):
+        raise ConfigError(f"corruption severities must be among {list(SEVERITIES)}, got {list(severities)}")
+    return names, levels
+
+
 def parse_corruptions(text: str | None) -> list[str]:
     """``None``/``"all"`` -> every corruption; otherwise a comma-separated list, checked."""
     if text in (None, "", "all"):
         return list(CORRUPTIONS)
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown:
-        raise ConfigError(f"unknown corruption(s) {unknown}; known: {', '.join(CORRUPTIONS)}")
-    return names
+    return check_corruptions([t.strip() for t in str(text).split(",") if t.strip()])[0]

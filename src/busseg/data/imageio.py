@@ -14,7 +14,10 @@ Conventions (chosen here because the dataset descriptions leave them open):
 - Images with more than 8 bits (16-bit PNG/TIFF, DICOM with ``BitsStored > 8``, float TIFF)
   are rescaled linearly from their own [min, max] range to [0, 255], with a warning: scanners
   rarely use the full 16-bit range, so dividing by 257 would give an almost black image.
-- EXIF orientation tags are ignored: masks are drawn on the stored pixel grid.
+- An EXIF orientation tag (phone and some scanner exports) is honoured for images and masks
+  alike: pixels are read turned the way image viewers show them, which is how annotators saw
+  the scan when they drew its mask. A mask tagged like its image, and a mask drawn on the image
+  as shown (untagged), both land on the lesion.
 - A multi-frame file (cine DICOM, multi-page TIFF) is refused: which frame carries the lesion
   is not something a reader can guess.
 - Masks: any value > 0 in any colour channel is lesion. For a mask whose colour channels are
@@ -28,12 +31,13 @@ Conventions (chosen here because the dataset descriptions leave them open):
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from busseg.errors import DataError
 
@@ -117,7 +121,28 @@ def _open_pil(path: Path) -> Image.Image:
         raise DataError(f"{path}: truncated or corrupt image data ({exc})") from None
     if img.width == 0 or img.height == 0:
         raise DataError(f"{path}: image has no pixels ({img.width}x{img.height})")
-    return img
+    return _as_shown(img, path)
+
+
+#: EXIF tag 274: how the stored pixels must be turned for display (1 = as stored).
+_EXIF_ORIENTATION = 0x0112
+
+
+def _as_shown(img: Image.Image, path: Path) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (the way viewers show it)."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+        log.debug("%s: unreadable EXIF block ignored (%s)", path, exc)
+        return img
+    if orientation in (None, 1):
+        return img
+    if orientation not in range(2, 9):
+        _warn(f"{path}: EXIF orientation {orientation!r} is not a valid value (1-8); read as stored")
+        return img
+    turned = ImageOps.exif_transpose(img)
+    img.close()
+    return turned
 
 
 def _pil_to_gray(img: Image.Image, path: Path) -> np.ndarray:
@@ -209,6 +234,43 @@ def read_image(path: str | Path) -> np.ndarray:
         return _dicom_to_gray(path)
     with _open_pil(path) as img:
         return _pil_to_gray(img, path)
+
+
+def to_gray_uint8(image, name: str = "image") -> np.ndarray:
+    """An image already in memory as ``uint8 [H, W]`` grayscale, by the rules files follow.
+
+    Accepts a Pillow image (any mode :func:`read_image` reads) or a NumPy array: ``[H, W]``
+    grayscale, or ``[H, W, 3]`` / ``[H, W, 4]`` RGB(A) converted like a colour file (BT.601
+    luminance, alpha ignored). ``uint8`` values are kept; floating-point arrays within [0, 1]
+    are read as intensities in [0, 1] (x 255); any other range or integer type is rescaled
+    from its own [min, max] with a warning, as 16-bit files are. ``name`` names the image in
+    errors."""
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise DataError(f"{name}: image has no pixels ({image.width}x{image.height})")
+        return _pil_to_gray(image, Path(name))
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if array.dtype == np.uint8:
+            return _pil_to_gray(Image.fromarray(np.ascontiguousarray(array[..., :3])), Path(name))
+        if _channels_equal(array):  # a grey image stored in three channels
+            return to_gray_uint8(array[..., 0], name)
+        raise DataError(f"{name}: a colour image array must be uint8, got {array.dtype}")
+    if array.ndim != 2 or 0 in array.shape:
+        raise DataError(f"{name}: expected an image [H, W] or [H, W, 3|4], got an array of shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.copy()
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{name}: expected numeric pixel values, got {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
+        return np.round(array.astype(np.float64) * 255).astype(np.uint8)
+    return _rescale_to_uint8(array, Path(name), "image")
+
+
+def _channels_equal(array: np.ndarray) -> bool:
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
 def _read_mask_values(path: Path) -> np.ndarray:

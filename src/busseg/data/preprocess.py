@@ -41,11 +41,12 @@ from busseg.data.adapters._common import MAX_LISTED
 from busseg.data.imageio import read_sample
 from busseg.data.records import SampleRecord
 from busseg.errors import ConfigError, DataError
+from busseg.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever decoding/resizing changes, so that old cache entries are not reused.
-PREPROCESS_VERSION = "prepare/1"
+PREPROCESS_VERSION = "prepare/2"  # 2: EXIF orientation honoured
 NORMALIZATION_MODES = ("minmax", "zscore", "imagenet")
 #: ImageNet mean/std of the RGB channels averaged to one grey channel.
 IMAGENET_GRAY_MEAN = 0.449
@@ -70,6 +71,18 @@ class PreparedData:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of exactly what a model sees: ids, labels, and the prepared images and
+        masks (so it changes with any file's content, the image size or the preprocessing).
+        Runs record it; a finished run is reused only on data with the same fingerprint."""
+        if "_fingerprint" not in self.__dict__:
+            h = hashlib.sha256(json.dumps([PREPROCESS_VERSION, self.image_size, self.ids,
+                                           self.labels.tolist()]).encode())
+            h.update(np.ascontiguousarray(self.images).data)
+            h.update(np.ascontiguousarray(self.masks).data)
+            self.__dict__["_fingerprint"] = h.hexdigest()
+        return self.__dict__["_fingerprint"]
 
     def index_of(self, sample_id: str) -> int:
         try:
@@ -169,18 +182,6 @@ def _content_key(records: Sequence[SampleRecord], image_size: int) -> str:
     return h.hexdigest()[:32]
 
 
-def _atomic_write_bytes(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_cache(entry: Path, data: PreparedData) -> None:
     """Write a cache entry: a folder with ``images.npy``, ``masks.npy`` and ``meta.json``,
     assembled under a temporary name and renamed into place (atomic)."""
@@ -247,12 +248,9 @@ def _decode_all(records: Sequence[SampleRecord], image_size: int, progress: bool
     masks = np.empty((n, size, size), np.uint8)
     sizes: list[tuple[int, int]] = []
     problems: list[str] = []
-    iterator = records
-    if progress:
-        from tqdm import tqdm
+    from busseg.console import progress_bar
 
-        iterator = tqdm(records, desc=f"decoding {n} images", unit="img", leave=False)
-    for i, record in enumerate(iterator):
+    for i, record in enumerate(progress_bar(records, desc=f"decoding {n} images", unit="img", enabled=progress)):
         try:
             image, mask = read_sample(record)
         except DataError as exc:
@@ -328,7 +326,7 @@ def prepare(
             return data
         log.info("prepare: %d images decoded and cached in %.1fs", len(records), time.perf_counter() - start)
     try:
-        _atomic_write_bytes(pointer, lambda fh: fh.write(content_key.encode()))
+        atomic_write_bytes(pointer, content_key.encode())
     except OSError as exc:
         log.warning("prepare: cannot write cache pointer %s (%s)", pointer, exc)
     return data

@@ -4,7 +4,7 @@ A split file is a JSON object in the spirit of nnU-Net's ``splits_final.json`` (
 folds with ``train``/``val``/``test`` ids) with the metadata needed to check it later::
 
     {"format": "busseg-split/1", "dataset": "busi", "k": 5, "seed": 0,
-     "grouping": "groups" | "none", "stratified_by": "label", "val_fraction": 0.1,
+     "grouping": "groups" | "none", "stratified_by": "label", "val_fraction": 0.2,
      "created_by": "busseg 0.1.0 ...", "ids_sha256": "...", "groups": {id: group},
      "folds": [{"fold": 0, "train": [...], "val": [...], "test": [...], "counts": {...}}]}
 
@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -46,8 +44,13 @@ import numpy as np
 from busseg.data.imageio import DataWarning
 from busseg.data.records import SampleRecord
 from busseg.errors import ConfigError, DataError
+from busseg.fileio import atomic_write_json
 
 SPLIT_FORMAT = "busseg-split/1"
+
+#: Share of each training pool held out for validation when none is given; also the recipes'
+#: default ``validation.fraction`` (``busseg.engine.recipe.DEFAULTS`` reads it from here).
+DEFAULT_VAL_FRACTION = 0.2
 
 
 def ids_sha256(ids) -> str:
@@ -250,7 +253,7 @@ def make_split(
     records: Sequence[SampleRecord],
     k: int = 5,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     groups: dict[str, str] | None = None,
     *,
     dataset: str | None = None,
@@ -272,7 +275,7 @@ def make_split(
 
 
 def random_split(
-    records: Sequence[SampleRecord], k: int = 5, seed: int = 0, val_fraction: float = 0.1, *, dataset: str | None = None
+    records: Sequence[SampleRecord], k: int = 5, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION, *, dataset: str | None = None
 ) -> dict:
     """Image-level stratified split that deliberately ignores groups (``"grouping": "none"``):
     the leaky baseline of a leakage study. Never use it to report results on BUSI."""
@@ -282,17 +285,7 @@ def random_split(
 
 def save_split(split: dict, path: str | Path) -> None:
     """Write ``split`` as indented JSON, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(split, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, split, indent=1)
 
 
 def _validate(split: dict, where: str, *, groups_must_hold: bool = True) -> None:
@@ -363,6 +356,23 @@ def load_split(path: str | Path, records: Sequence[SampleRecord] | None = None) 
     return split
 
 
+def validation_fraction_mismatch(split: dict, recipe_fraction: float, where: str) -> str | None:
+    """The message to give when ``split`` carved its validation sets with another fraction than
+    a recipe's ``validation.fraction`` (``None`` when they agree or the split's validation sets
+    were not carved by a fraction, e.g. BUS-BRA's official ones).
+
+    One source of truth: a split file fixes WHICH images validate, so when a run is given one,
+    the file decides and the recipe's ``validation.fraction`` (used only when the engine makes
+    the split itself) does not apply; the mismatch is reported, never silently resolved."""
+    carved = split.get("val_fraction")
+    if carved is None or abs(float(carved) - float(recipe_fraction)) < 1e-9:
+        return None
+    return (f"{where} carved its validation sets with val_fraction {float(carved):g}, the recipe's "
+            f"validation.fraction is {float(recipe_fraction):g}: the split file decides (its validation ids are "
+            f"used); write the split with `busseg data split --val-fraction {float(recipe_fraction):g}` "
+            f"(or --recipe) to follow the recipe")
+
+
 def fold_ids(split: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
     """(train, val, test) ids of ``fold``."""
     folds = split.get("folds") or []
@@ -372,7 +382,7 @@ def fold_ids(split: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
     raise ConfigError(f"fold {fold!r} not in split (folds: {[f.get('fold') for f in folds]})")
 
 
-def import_busbra_folds(root: str | Path, k: int = 5, val_fraction: float = 0.1, seed: int = 0) -> dict:
+def import_busbra_folds(root: str | Path, k: int = 5, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> dict:
     """The official BUS-BRA partition ``<root>/<k>-fold-cv.csv`` as a split dict.
 
     The CSV has columns ``ID, Pathology, kFold`` (the test fold of the image, 1..k) and,

@@ -4,11 +4,39 @@ a resumed run sees the same order as an uninterrupted one."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from busseg.data.preprocess import PreparedData, normalize
+from busseg.data import load_records
+from busseg.data.preprocess import PreparedData, normalize, prepare
+from busseg.errors import ConfigError
+
+
+def is_main_process() -> bool:
+    """True in the process that writes run files (rank 0 of node 0 under DDP)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def load_dataset(
+    dataset: str,
+    root: str | Path | None,
+    recipe: dict,
+    data_options: dict | None = None,
+    include_normal: bool | None = None,
+) -> PreparedData:
+    """Records of ``dataset`` prepared at the recipe's image size (cached on disk)."""
+    options = dict(data_options or {})
+    if dataset == "phantom":
+        options.setdefault("image_size", recipe["image_size"])
+    normal = recipe.get("include_normal", False) if include_normal is None else include_normal
+    records = load_records(dataset, root, include_normal=normal, **options)
+    if not records:
+        raise ConfigError(f"dataset {dataset!r} ({root}) holds no usable images")
+    return prepare(records, image_size=recipe["image_size"], progress=is_main_process())
 
 
 class InMemoryTensors:

@@ -1,42 +1,39 @@
-"""Atomic file writes: an interrupted run never leaves a half-written output behind."""
+"""Atomic file writes: an interrupted run never leaves a half-written output behind.
+
+The writers live in :mod:`busseg.fileio` (shared with the layers below the engine); this module
+adds checkpoints.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from busseg.fileio import atomic_write, atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 
-def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+
+def _torch_save_to(obj: Any, tmp: Path) -> None:
+    # Through a Python file object, so that a full disk raises OSError(ENOSPC) from our write;
+    # given a path, torch's own writer reports it as an opaque RuntimeError ("unexpected pos
+    # ..."). Even so, torch's zip writer may raise that RuntimeError while unwinding from the
+    # OSError: the OSError is what happened, so it is the one raised.
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as exc:
+        cause = exc.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: _torch_save_to(obj, tmp))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json",
+           "atomic_write_text"]

@@ -13,14 +13,17 @@ import copy
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from busseg.data.augment import resolve_augmentation
+from busseg.data.splits import DEFAULT_VAL_FRACTION
 from busseg.errors import ConfigError
+from busseg.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, boolean, check_section, choice, number, pair
 
-#: Every recipe field, its type(s) and default. Nested dicts are checked one level deep.
+#: Every recipe field, its type(s) and default. Nested sections are checked key by key against
+#: the schemas below (unknown keys and out-of-range values are refused).
 DEFAULTS: dict[str, Any] = {
     "paper": "",
     "model": None,
@@ -35,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler": {"name": "none"},
     "loss": {"name": "segmentation", "pixel": "bce_dice"},
     "augmentation": {},
-    "validation": {"fraction": 0.2, "monitor": "val_dice", "mode": "max"},
+    "validation": {"fraction": DEFAULT_VAL_FRACTION, "monitor": "val_dice", "mode": "max"},
     "early_stopping": None,
     "cv_folds": 5,
     "seed": 0,
@@ -70,6 +73,82 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 SCHEDULERS = ("none", "plateau", "poly", "cosine", "step")
 NORMALIZATIONS = ("minmax", "zscore", "imagenet")
+#: Metrics logged every epoch that model selection, early stopping and ReduceLROnPlateau may watch.
+MONITORS = ("val_loss", "val_dice", "val_iou", "val_acc")
+MAX_IMAGE_SIZE = 4096
+
+
+# ------------------------------------------------------------------ nested-field schemas
+#
+# A schema maps each allowed key of a nested recipe section to a check: a function returning
+# None when the value is acceptable, else what is wrong with it. A key missing from a schema
+# is refused (an option the code would silently ignore is a typo or a misunderstanding).
+
+
+_ADAM = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": pair(number(0, 1, hi_open=True), ordered=False),
+         "eps": POSITIVE}
+#: Options of each optimizer (``torch.optim`` keyword arguments) besides ``name``.
+OPTIMIZER_SCHEMAS: dict[str, dict[str, Callable]] = {
+    "adam": {**_ADAM, "amsgrad": boolean},
+    "adamw": {**_ADAM, "amsgrad": boolean},
+    "adamax": dict(_ADAM),
+    "sgd": {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": number(0, 1, hi_open=True),
+            "dampening": PROBABILITY, "nesterov": boolean},
+}
+#: Options of each learning-rate schedule (see ``SegmentationTask.configure_optimizers``).
+SCHEDULER_SCHEMAS: dict[str, dict[str, Callable]] = {
+    "none": {},
+    "plateau": {"factor": number(0, 1, lo_open=True, hi_open=True), "patience": number(0, integer=True),
+                "monitor": choice(*MONITORS, "train_loss"), "mode": choice("min", "max"),
+                "threshold": NON_NEGATIVE, "threshold_mode": choice("rel", "abs"),
+                "cooldown": number(0, integer=True), "min_lr": NON_NEGATIVE, "eps": NON_NEGATIVE},
+    "poly": {"power": POSITIVE},
+    "cosine": {"eta_min": NON_NEGATIVE},
+    "step": {"step_size": number(1, integer=True), "gamma": number(0, 1, lo_open=True)},
+}
+VALIDATION_SCHEMA: dict[str, Callable] = {
+    "fraction": number(0, 1, lo_open=True, hi_open=True),
+    "monitor": choice(*MONITORS),
+    "mode": choice("min", "max"),
+}
+#: Early stopping (Lightning ``EarlyStopping``): what ``train_fold`` passes on.
+EARLY_STOPPING_SCHEMA: dict[str, Callable] = {
+    "patience": number(1, integer=True),
+    "monitor": choice(*MONITORS),
+    "mode": choice("min", "max"),
+}
+
+
+def _check_nested(full: dict, source: str) -> None:
+    opt = full["optimizer"]
+    if opt.get("name") not in OPTIMIZERS:
+        raise ConfigError(f"{source}: optimizer.name must be one of {OPTIMIZERS}, got {opt.get('name')!r}")
+    if "lr" not in opt:
+        raise ConfigError(f"{source}: optimizer.lr is required")
+    check_section({k: v for k, v in opt.items() if k != "name"}, OPTIMIZER_SCHEMAS[opt["name"]], "optimizer", source)
+    sched = full["scheduler"]
+    if sched.get("name", "none") not in SCHEDULERS:
+        raise ConfigError(f"{source}: scheduler.name must be one of {SCHEDULERS}, got {sched.get('name')!r}")
+    check_section({k: v for k, v in sched.items() if k != "name"}, SCHEDULER_SCHEMAS[sched.get("name", "none")],
+                  f"scheduler ({sched.get('name', 'none')})", source)
+    if not isinstance(full["loss"].get("name"), str):
+        raise ConfigError(f"{source}: loss.name is required (the objective's registered name)")
+    # the augmentation module owns its schema (and expands a preset); the preset's name stays in
+    # the recipe so that a saved recipe.yaml says which preset it came from, and re-validating
+    # the expanded section gives it back unchanged (a resumed run compares equal)
+    preset = full["augmentation"].get("preset")
+    resolved = resolve_augmentation(full["augmentation"], source)
+    full["augmentation"] = {"preset": preset, **resolved} if preset else resolved
+    check_section(full["validation"], VALIDATION_SCHEMA, "validation", source)
+    if full["early_stopping"] is not None:
+        check_section(full["early_stopping"], EARLY_STOPPING_SCHEMA, "early_stopping", source)
+    if full["postprocess"] is not None:
+        from busseg.postprocess import PostprocessConfig
+
+        try:
+            PostprocessConfig.from_dict(full["postprocess"])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -94,10 +173,18 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+def _replaces_whole(key: str, value: Any) -> bool:
+    """Mappings merge key by key, except ``loss`` (its keys belong together) and a section that
+    names a ``preset`` (``augmentation: {preset: robust}``, ``postprocess: {preset: paper}``):
+    choosing a preset starts from the preset, it is not mixed with the keys of the section it
+    replaces (the paper's ``hflip: 0`` would silently switch off the preset's mirroring)."""
+    return key == "loss" or (isinstance(value, dict) and "preset" in value)
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "loss":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _replaces_whole(key, value):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -125,37 +212,22 @@ def validate_recipe(recipe: dict, source: str = "<recipe>") -> dict:
             raise ConfigError(
                 f"{source}: field {key!r} must be {names}, got {type(value).__name__} ({value!r})"
             )
-    for key in ("epochs", "batch_size", "image_size", "cv_folds"):
-        if full[key] < 1:
-            raise ConfigError(f"{source}: field {key!r} must be >= 1, got {full[key]}")
+    for key, check in (("epochs", number(1, integer=True)), ("batch_size", number(1, integer=True)),
+                       ("image_size", number(8, MAX_IMAGE_SIZE, integer=True)), ("cv_folds", number(2, integer=True)),
+                       ("seed", number(0, 2**32 - 1, integer=True))):
+        problem = check(full[key])
+        if problem:
+            raise ConfigError(f"{source}: field {key!r} {problem}")
     if full["in_channels"] not in (1, 3):
         raise ConfigError(f"{source}: in_channels must be 1 or 3, got {full['in_channels']}")
     if full["normalization"] not in NORMALIZATIONS:
         raise ConfigError(f"{source}: normalization must be one of {NORMALIZATIONS}")
-    opt = full["optimizer"]
-    if opt.get("name") not in OPTIMIZERS:
-        raise ConfigError(f"{source}: optimizer.name must be one of {OPTIMIZERS}, got {opt.get('name')!r}")
-    if not isinstance(opt.get("lr"), (int, float)) or isinstance(opt.get("lr"), bool) or opt["lr"] <= 0:
-        raise ConfigError(f"{source}: optimizer.lr must be a positive number, got {opt.get('lr')!r}")
-    if full["scheduler"].get("name", "none") not in SCHEDULERS:
-        raise ConfigError(f"{source}: scheduler.name must be one of {SCHEDULERS}")
-    if "name" not in full["loss"]:
-        raise ConfigError(f"{source}: loss.name is required")
-    # checked (and a preset expanded) by the augmentation module; the preset's name stays in
-    # the recipe so that a saved recipe.yaml says which preset it came from
-    preset = full["augmentation"].get("preset")
-    resolved = resolve_augmentation(full["augmentation"], source)
-    full["augmentation"] = {"preset": preset, **resolved} if preset else resolved
-    val = full["validation"]
-    if not 0 < float(val.get("fraction", 0.2)) < 1:
-        raise ConfigError(f"{source}: validation.fraction must be in (0, 1)")
-    if val.get("mode", "max") not in ("min", "max"):
-        raise ConfigError(f"{source}: validation.mode must be 'min' or 'max'")
+    _check_nested(full, source)
     return full
 
 
-def load_recipe(name_or_path: str | Path) -> dict:
-    """Load and validate a recipe by registered name (``elad_net``) or file path."""
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The file of a registered recipe name (``elad_net``) or a recipe file path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = recipes_dir() / f"{name_or_path}.yaml"
@@ -163,15 +235,46 @@ def load_recipe(name_or_path: str | Path) -> dict:
             raise ConfigError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(list_recipes())}")
     elif not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist")
+    return path
+
+
+def read_recipe_fields(name_or_path: str | Path) -> dict:
+    """The fields written in a recipe file, unchecked and without defaults (a whole recipe or a
+    partial one, see :func:`merge_recipe`)."""
+    path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe file {path}: not valid YAML ({exc})") from exc
-    return validate_recipe(_coerce_numbers(data), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {path}: a recipe must be a mapping of fields")
+    return _coerce_numbers(data)
+
+
+def load_recipe(name_or_path: str | Path) -> dict:
+    """Load and validate a recipe by registered name (``elad_net``) or file path."""
+    return validate_recipe(read_recipe_fields(name_or_path), str(recipe_path(name_or_path)))
+
+
+def merge_recipe(recipe: dict, partial: dict, source: str = "partial recipe") -> dict:
+    """``partial`` (some recipe fields, e.g. ``{model_options: {base_channels: 8}, epochs: 7}``)
+    merged onto ``recipe`` and validated: mappings merge key by key (``loss`` and a section naming
+    a ``preset`` are replaced whole, see :func:`_replaces_whole`), other fields are replaced.
+    Unknown fields are an error naming ``source``."""
+    if not isinstance(partial, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
+    unknown = sorted(set(partial) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown recipe field(s) {unknown}; known: {sorted(DEFAULTS)}")
+    return validate_recipe(_merge(recipe, partial), source)
 
 
 def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "override") -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) in order and re-validate.
+
+    ``key=value`` replaces a field (``augmentation={preset: robust}`` replaces the section);
+    ``section.key=value`` sets one key of a section, except ``section.preset=NAME``, which starts
+    the section from that preset (see :func:`_replaces_whole`)."""
     out = copy.deepcopy(recipe)
     for item in overrides or []:
         if "=" not in item:
@@ -184,6 +287,11 @@ def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "ov
         parts = key.strip().split(".")
         if parts[0] not in DEFAULTS:
             raise ConfigError(f"{source} {item!r}: unknown recipe field {parts[0]!r}")
+        if parts[-1] == "preset" and len(parts) == 2:
+            # ``augmentation.preset=robust`` chooses the preset: the section starts from it (later
+            # overrides such as ``augmentation.hflip=0`` then change it), see _replaces_whole
+            out[parts[0]] = {"preset": value}
+            continue
         node = out
         for p in parts[:-1]:
             if node.get(p) is None:

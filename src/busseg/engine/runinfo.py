@@ -11,7 +11,7 @@ import torch
 
 PACKAGES = (
     "busseg", "torch", "torchvision", "lightning", "timm", "segmentation-models-pytorch",
-    "monai", "numpy", "scipy", "scikit-learn", "scikit-image", "onnxruntime",
+    "numpy", "scipy", "scikit-learn", "scikit-image", "onnxruntime",
 )
 
 

@@ -13,16 +13,97 @@ import torch
 from busseg.data.augment import BatchAugmenter
 from busseg.data.preprocess import model_input
 from busseg.losses import create_objective
-from busseg.models import create_model, model_info
+from busseg.models import model_info
+from busseg.models.checkpoint import build_model_from_recipe
 
 
-def build_model_from_recipe(recipe: dict, encoder_weights: str | None = None) -> torch.nn.Module:
-    return create_model(
-        recipe["model"],
-        in_channels=recipe["in_channels"],
-        encoder_weights=encoder_weights if encoder_weights is not None else recipe["encoder_weights"],
-        **recipe["model_options"],
-    )
+def _check_model_option_names(recipe: dict) -> None:
+    import inspect
+
+    from busseg.errors import ConfigError
+
+    parameters = inspect.signature(model_info(recipe["model"]).factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # the factory takes anything: building it (below) is the check
+    options = sorted(k for k in parameters if k not in ("in_channels", "encoder_weights"))
+    reserved = sorted({"in_channels", "encoder_weights"} & set(recipe["model_options"]))
+    if reserved:
+        raise ConfigError(f"recipe: model_options {reserved} are recipe fields of their own; set them there")
+    unknown = sorted(set(recipe["model_options"]) - set(options))
+    if unknown:
+        raise ConfigError(f"recipe: model {recipe['model']!r} has no option(s) {unknown} (model_options); "
+                          f"its options: {', '.join(options) or 'none'}")
+
+
+def check_buildable(recipe: dict) -> None:
+    """Build the recipe's model, objective, optimiser and learning-rate schedule on the meta
+    device (no memory, no weights, the random state restored) so that a wrong model, loss or
+    optimiser option is reported before any data is loaded or any epoch runs; a bad
+    ``encoder_weights`` value is reported too. A plan of many runs (``benchmark run``, also
+    with ``--dry-run``) calls it for every run before the first one trains."""
+    from busseg.errors import ConfigError
+    from busseg.models.weights import validate_weights_spec
+
+    validate_weights_spec(recipe["encoder_weights"])
+    _check_model_option_names(recipe)
+    for what, build in (
+        (f"model {recipe['model']!r} with model_options {recipe['model_options']}",
+         lambda: build_model_from_recipe(recipe, encoder_weights="none")),
+        (f"loss {recipe['loss']}", lambda: create_objective(**recipe["loss"])),
+        (f"optimizer {recipe['optimizer']} with scheduler {recipe['scheduler']} of model {recipe['model']!r}",
+         lambda: build_optimizer(recipe, build_model_from_recipe(recipe, encoder_weights="none").parameters())),
+    ):
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                build()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, KeyError, AssertionError) as exc:
+            raise ConfigError(f"recipe: {what} cannot be built ({type(exc).__name__}: {exc})") from None
+
+
+def build_optimizer(recipe: dict, parameters):
+    """The recipe's optimiser over ``parameters`` and its learning-rate schedule, in the form
+    Lightning's ``configure_optimizers`` returns."""
+    opt_cfg = dict(recipe["optimizer"])
+    name = opt_cfg.pop("name")
+    cls = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "adamax": torch.optim.Adamax,
+        "sgd": torch.optim.SGD,
+    }[name]
+    for key in ("betas",):
+        if key in opt_cfg:
+            opt_cfg[key] = tuple(opt_cfg[key])
+    optimizer = cls(parameters, **opt_cfg)
+    sched_cfg = dict(recipe["scheduler"])
+    kind = sched_cfg.pop("name", "none")
+    epochs = recipe["epochs"]
+    if kind == "none":
+        return optimizer
+    if kind == "plateau":
+        monitor = sched_cfg.pop("monitor", recipe["validation"].get("monitor", "val_loss"))
+        mode = sched_cfg.pop("mode", "min" if "loss" in monitor else "max")
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, **sched_cfg)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
+    if kind == "poly":
+        power = float(sched_cfg.get("power", 0.9))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: max(0.0, 1 - e / epochs) ** power
+        )
+    elif kind == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs, eta_min=float(sched_cfg.get("eta_min", 0.0))
+        )
+    elif kind == "step":
+        sched = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=int(sched_cfg.get("step_size", max(1, epochs // 3))),
+            gamma=float(sched_cfg.get("gamma", 0.1)),
+        )
+    else:  # validated earlier
+        raise AssertionError(kind)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def per_image_dice_iou(
@@ -117,43 +198,5 @@ class SegmentationTask(L.LightningModule):
         self._val = {}
 
     def configure_optimizers(self):
-        opt_cfg = dict(self.recipe["optimizer"])
-        name = opt_cfg.pop("name")
-        cls = {
-            "adam": torch.optim.Adam,
-            "adamw": torch.optim.AdamW,
-            "adamax": torch.optim.Adamax,
-            "sgd": torch.optim.SGD,
-        }[name]
-        for key in ("betas",):
-            if key in opt_cfg:
-                opt_cfg[key] = tuple(opt_cfg[key])
-        optimizer = cls(self.model.parameters(), **opt_cfg)
-        sched_cfg = dict(self.recipe["scheduler"])
-        kind = sched_cfg.pop("name", "none")
-        epochs = self.recipe["epochs"]
-        if kind == "none":
-            return optimizer
-        if kind == "plateau":
-            monitor = sched_cfg.pop("monitor", self.recipe["validation"].get("monitor", "val_loss"))
-            mode = sched_cfg.pop("mode", "min" if "loss" in monitor else "max")
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, **sched_cfg)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
-        if kind == "poly":
-            power = float(sched_cfg.get("power", 0.9))
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda e: max(0.0, 1 - e / epochs) ** power
-            )
-        elif kind == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=epochs, eta_min=float(sched_cfg.get("eta_min", 0.0))
-            )
-        elif kind == "step":
-            sched = torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=int(sched_cfg.get("step_size", max(1, epochs // 3))),
-                gamma=float(sched_cfg.get("gamma", 0.1)),
-            )
-        else:  # validated earlier
-            raise AssertionError(kind)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return build_optimizer(self.recipe, self.model.parameters())
 

@@ -17,7 +17,6 @@ The model is selected on the validation subset carved from the training folds (r
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 import signal
 import time
@@ -31,18 +30,24 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from busseg.data import load_records
-from busseg.data.preprocess import PreparedData, prepare
-from busseg.data.splits import fold_ids, load_split, make_split, save_split
-from busseg.engine.data import InMemoryTensors, make_loader
-from busseg.engine.evaluate import evaluate_models, load_checkpoint
+from busseg.data.preprocess import PreparedData
+from busseg.data.splits import fold_ids, load_split, make_split, save_split, validation_fraction_mismatch
+from busseg.engine.data import InMemoryTensors, is_main_process, load_dataset, make_loader
+from busseg.engine.evaluate import evaluate_predictor
 from busseg.engine.io import atomic_torch_save, atomic_write_json
+from busseg.engine.progress import training_progress
 from busseg.engine.recipe import save_recipe
+from busseg.engine.rundir import (check_existing_folds, check_same_recipe, check_same_run, check_same_split,
+                                  discard_run, existing_run_state, record_run_end,
+                                  records_how_the_run_ends)
 from busseg.engine.runinfo import command_line, library_versions, timestamp
-from busseg.engine.task import SegmentationTask
+from busseg.engine.task import SegmentationTask, check_buildable
 from busseg.errors import ConfigError
+from busseg.fileio import prepare_output_dir
+from busseg.inference.predictor import load as load_predictor
 from busseg.metrics.aggregate import summarize_folds
 from busseg.models import model_info
+from busseg.models.checkpoint import read_checkpoint
 from busseg.models.weights import collect_weights_info
 
 log = logging.getLogger("busseg")
@@ -58,6 +63,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Resume reads checkpoints as evaluation does: plain data only, never code
+        (:func:`busseg.models.checkpoint.read_checkpoint`; a refused file is named)."""
+        return read_checkpoint(path)
 
 
 class BussegDataModule(L.LightningDataModule):
@@ -114,35 +124,17 @@ def _merge_metric_logs(log_dir: Path) -> None:
     previous.unlink()
 
 
-def _is_main_process() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def load_dataset(
-    dataset: str,
-    root: str | Path | None,
-    recipe: dict,
-    data_options: dict | None = None,
-    include_normal: bool | None = None,
-) -> PreparedData:
-    """Records of ``dataset`` prepared at the recipe's image size (cached on disk)."""
-    options = dict(data_options or {})
-    if dataset == "phantom":
-        options.setdefault("image_size", recipe["image_size"])
-    normal = recipe.get("include_normal", False) if include_normal is None else include_normal
-    records = load_records(dataset, root, include_normal=normal, **options)
-    if not records:
-        raise ConfigError(f"dataset {dataset!r} ({root}) holds no usable images")
-    return prepare(records, image_size=recipe["image_size"], progress=_is_main_process())
-
-
 def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recipe: dict, dataset: str) -> dict:
     """The split to use: a saved file/dict (checked against the dataset), or a new group-aware
     split with the recipe's fold count (duplicate clusters from the audit kept together)."""
     if isinstance(split, dict):
         return split
     if split is not None:
-        return load_split(split, prepared.records)
+        loaded = load_split(split, prepared.records)
+        mismatch = validation_fraction_mismatch(loaded, recipe["validation"]["fraction"], f"split file {split}")
+        if mismatch and is_main_process():
+            log.warning(mismatch)
+        return loaded
     from busseg.data.audit import audit_dataset
 
     groups = audit_dataset(prepared.records, read_masks=False).group_map()
@@ -153,12 +145,24 @@ def resolve_split(split: str | Path | dict | None, prepared: PreparedData, recip
 
 
 def _check_trainable(recipe: dict) -> None:
+    """Everything about the recipe that can be checked before data is loaded: the model and
+    its options, the loss, the image size the model accepts, metrics it can report."""
     info = model_info(recipe["model"])
     if recipe["image_size"] % info.size_divisor:
         raise ConfigError(
             f"model {recipe['model']!r} needs an image size divisible by {info.size_divisor}; "
             f"recipe image_size is {recipe['image_size']}"
         )
+    check_buildable(recipe)
+    watched = {"validation.monitor": _monitor(recipe)[0],
+               "scheduler.monitor": recipe["scheduler"].get("monitor"),
+               "early_stopping.monitor": (recipe["early_stopping"] or {}).get("monitor")}
+    classifies = info.multitask or not info.segments
+    for field, metric in watched.items():
+        if metric in ("val_dice", "val_iou") and not info.segments:
+            raise ConfigError(f"recipe {field} {metric!r}: model {recipe['model']!r} has no segmentation output")
+        if metric == "val_acc" and not classifies:
+            raise ConfigError(f"recipe {field} {metric!r}: model {recipe['model']!r} has no classification output")
 
 
 def _monitor(recipe: dict) -> tuple[str, str]:
@@ -170,6 +174,16 @@ def _monitor(recipe: dict) -> tuple[str, str]:
     return monitor, mode
 
 
+def last_epoch_checkpoint(directory: Path) -> ModelCheckpoint:
+    """``last.ckpt`` after every finished epoch. (Lightning's ``save_last`` writes it only in
+    epochs where the monitored checkpoint is saved, i.e. when validation improves, so a resume
+    would redo the epochs since.) Listed after the best-model callback, so the file holds that
+    callback's state of the same epoch."""
+    return ModelCheckpoint(dirpath=directory, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+
+
+@records_how_the_run_ends
 def train_fold(
     recipe: dict,
     out_dir: str | Path,
@@ -188,24 +202,31 @@ def train_fold(
     progress: bool = True,
     evaluate_test: bool = True,
     callbacks: list | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``recipe`` on one fold of ``split`` and evaluate the selected model on its test
-    images. Returns the result dict also written to ``<out_dir>/result.json``."""
+    images. Returns the result dict also written to ``<out_dir>/result.json``.
+
+    An existing run in ``out_dir`` is refused unless ``resume`` (continue an interrupted run;
+    a finished one is returned as it is) or ``overwrite`` (discard it and train again). Either
+    way it is used only when its recipe, its data and its fold of the split are the ones given
+    here (:func:`check_same_run`)."""
     out_dir = Path(out_dir)
     _check_trainable(recipe)
     result_path = out_dir / "result.json"
     last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    if result_path.is_file() and resume:
-        log.info("run %s already finished; skipping", out_dir)
-        return yaml.safe_load(result_path.read_text())
-    if last_ckpt.exists() and not resume:
+    state = existing_run_state(out_dir)
+    if state and overwrite:
+        discard_run(out_dir)
+        state = None
+    if state and not resume:
         raise ConfigError(
-            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+            f"{out_dir} already holds {'a finished' if state == 'finished' else 'an unfinished'} run; pass "
+            "--resume to continue it, --overwrite to train it again, or choose another --out"
         )
-    if resume and (out_dir / "recipe.yaml").is_file():
-        saved = yaml.safe_load((out_dir / "recipe.yaml").read_text())
-        if saved != recipe:
-            raise ConfigError(f"--resume: the recipe differs from the one saved in {out_dir / 'recipe.yaml'}")
+    if state:
+        check_same_recipe(out_dir, recipe, finished=state == "finished")
+    prepare_output_dir(out_dir)
 
     L.seed_everything(recipe["seed"], workers=True, verbose=False)
     if prepared is None:
@@ -216,12 +237,18 @@ def train_fold(
     train_ids, val_ids, test_ids = fold_ids(split, fold)
     if not val_ids:
         raise ConfigError(f"fold {fold} of the split has no validation images (training folds too small?)")
+    data_sha256 = prepared.subset(train_ids + val_ids + test_ids).fingerprint()
+    if state:
+        check_same_run(out_dir, dataset, data_sha256, split, fold)
+    if state == "finished":
+        log.info("run %s already finished with this recipe, data and split; its result is reused", out_dir)
+        return yaml.safe_load(result_path.read_text())
     tensors = InMemoryTensors(prepared.subset(train_ids + val_ids), recipe["normalization"], recipe["in_channels"])
 
     task = SegmentationTask(recipe)
     weights_info = collect_weights_info(task.model)
     objective_info = getattr(task.objective, "describe", lambda: {})()
-    main = _is_main_process()
+    main = is_main_process()
     if main:
         save_recipe(recipe, out_dir / "recipe.yaml")
         save_split(split, out_dir / "split.json")
@@ -235,6 +262,7 @@ def train_fold(
             "data_options": data_options or {},
             "fold": fold,
             "n_train": len(train_ids), "n_val": len(val_ids), "n_test": len(test_ids),
+            "data_sha256": data_sha256,
             "seed": recipe["seed"],
             "encoder_weights": weights_info,
             "objective": objective_info,
@@ -245,9 +273,11 @@ def train_fold(
     monitor, mode = _monitor(recipe)
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
-        save_last=True, save_top_k=1, enable_version_counter=False,
+        save_top_k=1, enable_version_counter=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])]
+    progress_callbacks, show_bar = training_progress(progress)
+    callbacks = [checkpoint, last_epoch_checkpoint(out_dir / "checkpoints"),
+                 LearningRateMonitor(logging_interval="epoch"), *progress_callbacks, *(callbacks or [])]
     if recipe["early_stopping"]:
         es = dict(recipe["early_stopping"])
         callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor), mode=es.get("mode", mode),
@@ -267,7 +297,7 @@ def train_fold(
         logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="")],
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
@@ -286,10 +316,7 @@ def train_fold(
         # its exception. Either way the last complete checkpoint stays and --resume continues.
         signal.signal(signal.SIGINT, sigint)
         if trainer.is_global_zero and (out_dir / "run.json").is_file():
-            record = yaml.safe_load((out_dir / "run.json").read_text())
-            record.update(status="interrupted", interrupted_at_epoch=trainer.current_epoch,
-                          reason=f"{type(exc).__name__}: {exc}")
-            atomic_write_json(out_dir / "run.json", record)
+            record_run_end(out_dir, exc, interrupted_at_epoch=trainer.current_epoch)
         if isinstance(exc, SystemExit):
             raise KeyboardInterrupt(f"training interrupted; continue with --resume (run {out_dir})") from None
         raise
@@ -300,21 +327,25 @@ def train_fold(
     if not trainer.is_global_zero:
         return {}
 
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last_ckpt
+    # the selected model is always checkpoints/best.ckpt of this run (ModelCheckpoint's
+    # filename "best"), named relative to the run so that a moved or copied run uses its own
+    # weights (Lightning's best_model_path is absolute, and after resuming a moved run it can
+    # still name the original folder)
+    best = out_dir / "checkpoints" / "best.ckpt"
+    best = best if best.is_file() else last_ckpt
     result: dict[str, Any] = {
         "model": recipe["model"], "fold": fold, "dataset": dataset,
-        "best_checkpoint": str(best.relative_to(out_dir)) if best.is_relative_to(out_dir) else str(best),
+        "best_checkpoint": best.relative_to(out_dir).as_posix(),
         "selected_on": f"{monitor} ({mode}) on the validation subset of the training folds",
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "epochs_run": trainer.current_epoch,
         "train_seconds": round(train_seconds, 2),
     }
     if evaluate_test and test_ids:
-        device = "cuda" if on_gpu else "cpu"
-        model, _ = load_checkpoint(best, recipe["model"], device=device)
-        _, summary = evaluate_models([model], recipe, prepared.subset(test_ids), out_dir / "test",
-                                     device=device, postprocess=recipe.get("postprocess"),
-                                     extra_columns={"fold": fold, "model": recipe["model"]})
+        predictor = load_predictor(best, device="cuda" if on_gpu else "cpu")
+        _, summary = evaluate_predictor(predictor, prepared.subset(test_ids), out_dir / "test",
+                                        postprocess=recipe.get("postprocess"),
+                                        extra_columns={"fold": fold, "model": recipe["model"]})
         result["test"] = summary
     run_record = yaml.safe_load((out_dir / "run.json").read_text())
     run_record.update(status="finished", finished=timestamp(), train_seconds=result["train_seconds"])
@@ -333,15 +364,32 @@ def cross_validate(
     folds: list[int] | None = None,
     data_options: dict | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     **trainer_options,
 ) -> dict[str, Any]:
-    """Train and test every fold of a split (finished folds are skipped with ``resume``), then
-    write ``cv_summary.json`` (mean ± std across folds) and ``cv_per_image.csv``."""
+    """Train and test every fold of a split, then write ``cv_summary.json`` (mean ± std across
+    folds) and ``cv_per_image.csv``.
+
+    Rerunning into the same ``out_dir``: a finished fold is reused, and an interrupted one is
+    continued with ``resume``, only when its recipe, data and split are the ones given here;
+    otherwise nothing is trained and a :class:`ConfigError` says what differs (``overwrite``
+    trains the folds again under the new settings). ``split.json`` is never replaced by another
+    split, so the summary never mixes folds of different settings."""
     out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the runs in --out, --overwrite discards them: choose one")
+    _check_trainable(recipe)
+    prepare_output_dir(out_dir)
     prepared = load_dataset(dataset, root, recipe, data_options)
     split = resolve_split(split, prepared, recipe, dataset)
-    save_split(split, out_dir / "split.json")
     folds = list(range(len(split["folds"]))) if folds is None else folds
+    missing = [k for k in folds if not 0 <= k < len(split["folds"])]
+    if missing:
+        raise ConfigError(f"fold {missing[0]} does not exist; the split has {len(split['folds'])} folds")
+    if not overwrite:
+        check_same_split(out_dir / "split.json", split)
+        check_existing_folds(out_dir, folds, recipe, dataset, prepared, split, resume)
+    save_split(split, out_dir / "split.json")
     results = []
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"
@@ -349,8 +397,8 @@ def cross_validate(
         log.info("fold %d/%d", k + 1, len(folds))
         results.append(train_fold(recipe, fold_dir, dataset=dataset, root=root, split=split, fold=k,
                                   prepared=prepared, data_options=data_options, resume=fold_resume,
-                                  **trainer_options))
-    if not _is_main_process():
+                                  overwrite=overwrite, **trainer_options))
+    if not is_main_process():
         return {}
     return summarize_cv(out_dir, recipe, folds)
 
@@ -381,7 +429,7 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
     """Aggregate the folds' test summaries: mean ± std across folds of per-image means."""
     import json
 
-    from busseg.engine.evaluate import write_rows_csv
+    from busseg.engine.io import atomic_write_csv
 
     out_dir = Path(out_dir)
     fold_summaries, rows = [], []
@@ -393,7 +441,8 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
         with open(out_dir / f"fold_{k}" / "test" / "per_image.csv") as fh:
             rows.extend(csv.DictReader(fh))
     cv: dict[str, Any] = {"model": recipe["model"], "folds": folds, "n_images": len(rows),
-                          "aggregation": "mean ± std across folds of per-image means"}
+                          "aggregation": "mean ± std across folds of per-image means",
+                          "geometry": fold_summaries[0].get("geometry")}
     if "segmentation" in fold_summaries[0]:
         cv["segmentation"] = summarize_folds([s["segmentation"] for s in fold_summaries])
         for label in ("benign", "malignant"):
@@ -405,6 +454,6 @@ def summarize_cv(out_dir: str | Path, recipe: dict, folds: list[int]) -> dict:
                 [s["segmentation_postprocessed"] for s in fold_summaries])
     if "classification" in fold_summaries[0]:
         cv["classification"] = _classification_across_folds([s["classification"] for s in fold_summaries])
-    write_rows_csv(rows, out_dir / "cv_per_image.csv")
+    atomic_write_csv(out_dir / "cv_per_image.csv", rows)
     atomic_write_json(out_dir / "cv_summary.json", cv)
     return cv

@@ -22,7 +22,6 @@ reported and stored in the file (``busseg.check_max_abs_diff``).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tempfile
@@ -37,8 +36,7 @@ from torch import nn
 
 import busseg
 from busseg.data.preprocess import normalize
-from busseg.engine.io import atomic_write_bytes
-from busseg.errors import BussegError, ConfigError
+from busseg.errors import ConfigError, ExportError
 from busseg.inference.onnx_runner import (
     CLS_OUTPUT,
     INPUT_NAME,
@@ -49,6 +47,7 @@ from busseg.inference.onnx_runner import (
     META_VERSION,
     ONNX_FORMAT,
     SEG_OUTPUT,
+    save_onnx,
 )
 
 if TYPE_CHECKING:
@@ -59,10 +58,6 @@ log = logging.getLogger(__name__)
 EXPORTERS = ("auto", "dynamo", "torchscript")
 #: batch size the graph is traced with; the check runs other sizes to prove the axis dynamic.
 TRACE_BATCH = 2
-
-
-class ExportError(BussegError):
-    """The model cannot be exported, or the exported graph disagrees with PyTorch."""
 
 
 class OnnxExportWrapper(nn.Module):
@@ -181,20 +176,6 @@ def _check(session, wrapper: nn.Module, recipe: dict, outputs: list[str], batch_
 
 
 
-def save_onnx(proto, path: str | Path, metadata: dict[str, str], producer: str) -> Path:
-    """Write an ONNX model atomically with ``metadata`` as its metadata_props (replacing any)
-    and ``producer`` as its producer name."""
-    import onnx
-
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = producer
-    buffer = io.BytesIO()
-    onnx.save(proto, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
 def export_onnx(
     model: nn.Module,
     recipe: dict,
@@ -272,59 +253,39 @@ def pytorch_reference(model: nn.Module):
     return run
 
 
-def models_to_export(
-    source: str | Path,
-    *,
-    fold: int | None = None,
-    overrides: Sequence[str] = (),
-    encoder_weights: str = "none",
-) -> list[tuple[int | None, nn.Module, dict]]:
-    """``(fold, model, recipe)`` for every model ``source`` names: a checkpoint file, a train
-    run, a ``cv`` directory (every fold model, or only ``fold``), or a registered model name
-    (built from its paper recipe with ``overrides`` and ``encoder_weights`` — untrained unless
-    the weights are a file; useful to check that an architecture exports)."""
-    from busseg.engine.evaluate import find_fold_checkpoints, load_checkpoint
+def models_to_export(source: str | Path, *, fold: int | None = None) -> list[tuple[int | None, nn.Module, dict]]:
+    """``(fold, model, recipe)`` for every PyTorch model ``source`` names: a checkpoint file, a
+    train run, or a ``cv`` directory (every fold model, or only ``fold``), found as
+    :func:`busseg.inference.predictor.load` finds them (checkpoints read without running code)."""
+    from busseg.inference.predictor import find_models
+    from busseg.models.checkpoint import load_checkpoint
 
-    path = Path(source)
-    if path.exists():
-        checkpoints = find_fold_checkpoints(path)
-        if fold is not None:
-            checkpoints = [(f, c) for f, c in checkpoints if f == fold]
-            if not checkpoints:
-                raise ConfigError(f"{source}: no model of fold {fold}")
-        return [(f, *load_checkpoint(c)) for f, c in checkpoints]
-    from busseg.engine.recipe import apply_overrides, load_recipe
-    from busseg.engine.task import build_model_from_recipe
-    from busseg.models import list_models, model_info
-
-    if str(source) not in list_models():
-        raise ConfigError(
-            f"{source}: neither a checkpoint / run directory nor a registered model "
-            f"(registered: {', '.join(list_models())})"
-        )
-    recipe = apply_overrides(load_recipe(model_info(str(source)).recipe), [*overrides, f"model={source}"])
-    recipe["encoder_weights"] = encoder_weights
-    log.warning("exporting %s with %s encoder weights and an untrained decoder (no checkpoint given)",
-                source, encoder_weights)
-    return [(None, build_model_from_recipe(recipe).eval(), recipe)]
+    found = find_models(source)
+    if fold is not None:
+        found = [(k, path) for k, path in found if k == fold]
+        if not found:
+            raise ConfigError(f"{source}: no model of fold {fold}")
+    onnx_files = [str(path) for _, path in found if path.suffix.lower() == ".onnx"]
+    if onnx_files:
+        raise ConfigError(f"{source}: already ONNX ({onnx_files[0]}); export takes a checkpoint, run or cv folder")
+    return [(k, *load_checkpoint(path)) for k, path in found]
 
 
 def export(
-    source: str | Path,
+    source: str | Path | Sequence[tuple[int | None, nn.Module, dict]],
     out: str | Path,
     *,
     fold: int | None = None,
-    overrides: Sequence[str] = (),
-    encoder_weights: str = "none",
     quantize: str | None = None,
     calibration: str | Path = "phantoms",
     calibration_count: int = 16,
     min_dice: float = 0.98,
     **options,
 ) -> list[ExportResult]:
-    """Export what ``source`` names (see :func:`models_to_export`) to ``out``: a file for one
-    model; for several fold models, ``out`` is a folder receiving ``fold_<k>.onnx`` each
-    (``busseg predict --onnx`` on that folder ensembles them). ``options`` go to
+    """Export what ``source`` names (a path, see :func:`models_to_export`, or a list of
+    ``(fold, model, recipe)``) to ``out``: a file for one model; for several fold models, ``out``
+    is a folder receiving ``fold_<k>.onnx`` each (``busseg predict --onnx`` on that folder
+    ensembles them). ``options`` go to
     :func:`export_onnx`.
 
     ``quantize="int8"`` also writes an INT8 twin of every exported file (``model.int8.onnx``
@@ -335,7 +296,7 @@ def export(
 
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantization {quantize!r} unknown; choose one of {', '.join(QUANTIZATIONS)}")
-    models = models_to_export(source, fold=fold, overrides=overrides, encoder_weights=encoder_weights)
+    models = models_to_export(source, fold=fold) if isinstance(source, (str, Path)) else list(source)
     out = Path(out)
     results = []
     for k, model, recipe in models:
@@ -343,7 +304,7 @@ def export(
             target = out if out.suffix == ".onnx" else out / f"{'model' if k is None else f'fold_{k}'}.onnx"
         else:
             if out.suffix == ".onnx":
-                raise ConfigError(f"{source} holds {len(models)} fold models: give a folder as output, not {out}")
+                raise ConfigError(f"{len(models)} fold models to export: give a folder as output, not {out}")
             target = out / f"fold_{k}.onnx"
         result = export_onnx(model, recipe, target, **options)
         result.fold = k

@@ -1,7 +1,7 @@
-"""Running an exported busseg ONNX model with onnxruntime, behind the same interface as a
-PyTorch model: calling it on an image batch returns a :class:`~busseg.models.output.ModelOutput`,
-so :func:`busseg.engine.evaluate.predict_probabilities` (ensembles, test-time flips) serves both
-without a second implementation.
+"""The busseg ONNX file: written by :func:`save_onnx` (export, INT8 quantization) and run with
+onnxruntime behind the same interface as a PyTorch model: calling it on an image batch returns a
+:class:`~busseg.models.output.ModelOutput`, so :class:`busseg.inference.predictor.Predictor`
+(ensembles, test-time flips) serves both without a second implementation.
 
 A busseg ONNX file (written by :func:`busseg.inference.export.export_onnx`) carries in its
 ``metadata_props`` everything prediction needs besides the weights: the training recipe (image
@@ -11,6 +11,7 @@ size, normalisation, input channels, model name) and the names of its outputs
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from busseg.errors import CheckpointError
+from busseg.fileio import atomic_write_bytes
 from busseg.models.output import ModelOutput
 
 #: metadata_props keys of a busseg ONNX file.
@@ -124,8 +126,23 @@ class OnnxModel:
                 f"precision={self.precision!r})")
 
 
+def save_onnx(proto, path: str | Path, metadata: dict[str, str], producer: str) -> Path:
+    """Write an ONNX model atomically with ``metadata`` as its metadata_props (replacing any)
+    and ``producer`` as its producer name."""
+    import onnx
+
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = producer
+    buffer = io.BytesIO()
+    onnx.save(proto, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def load_onnx_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> tuple[OnnxModel, dict]:
-    """``(model, recipe)`` of a busseg ONNX file, like :func:`busseg.engine.evaluate.load_checkpoint`."""
+    """``(model, recipe)`` of a busseg ONNX file, like :func:`busseg.models.checkpoint.load_checkpoint`."""
     model = OnnxModel(path, device=device, threads=threads)
     return model, model.recipe
 
@@ -138,4 +155,5 @@ __all__ = [
     "OnnxModel",
     "SEG_OUTPUT",
     "load_onnx_model",
+    "save_onnx",
 ]

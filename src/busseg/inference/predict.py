@@ -1,42 +1,42 @@
 """Prediction on a user's own scans: masks, measurements and overlays for a folder of images.
 
-``predict(models, inputs, out_dir)`` reads every image (PNG, JPEG, BMP, TIFF, DICOM) of
-``inputs`` (a file, a folder searched recursively, a list file, or several of these), runs one
-model or the ensemble of the fold models of a ``cv`` run (PyTorch checkpoints, or ONNX files run
-by onnxruntime), and writes into ``out_dir``::
+``predict(model, inputs, out_dir)`` reads every image (PNG, JPEG, BMP, TIFF, DICOM) of
+``inputs`` (a file, a folder searched recursively, a list file, or several of these), applies a
+:class:`~busseg.inference.predictor.Predictor` (one model or the ensemble of a ``cv`` run's fold
+models; PyTorch checkpoints or ONNX files) and writes into ``out_dir``::
 
-    masks/<name>.png          the predicted mask at the image's original size (0 / 255)
-    overlays/<name>.png       the mask over the image (busseg's one colour convention)
-    probabilities/<name>.png  the foreground probability x 255 (only with save_probabilities)
-    rows/<name>.json          the image's row; written last, it marks the image as finished
+    masks/<id>.png            the predicted mask at the image's original size (0 / 255)
+    overlays/<id>.png         the mask over the image (busseg's one colour convention)
+    probabilities/<id>.png    the foreground probability x 255 (only with save_probabilities)
+    rows/<id>.json            the image's row; written last, it marks the image as finished
     predictions.csv / .json   one row per image (see below), in input order
     failures.csv              every file that could not be read or written, and why
     settings.json, summary.json
 
-``<name>`` is the image's path relative to the input folder without its suffix (with the suffix
-kept as ``_png``/``_dcm`` where two inputs would otherwise share a name). A row holds the image
-size, the pixel spacing (read from DICOM files, or ``pixel_spacing`` given by the user) and the
-measurements of :mod:`busseg.inference.measurements` (lesion found, area in px and mm²,
-bounding box, maximum diameter, orientation, circularity), the peak foreground probability, and
-the class probabilities of multi-task models.
+Ids and output names: an image's ``<id>`` is its path relative to the folder or list file it was
+found through (a file given by itself: its file name), suffix included — ``scans/sub/a.jpg``
+given as ``scans`` is ``sub/a.jpg`` and its mask ``masks/sub/a.jpg.png``. An id depends on the
+file alone, not on the other inputs, so ``dup.png``, ``dup.jpg`` and ``dup_png.png`` get three
+outputs, and a folder gives the same ids whether it is predicted alone or with other inputs, as
+a folder, as files or through a list. Two inputs that would share an id (``a/x.png`` and
+``b/x.png`` given as two folders) are refused: give their common folder instead.
 
-Preprocessing is training's, from the recipe stored with the model: grayscale uint8, Pillow
-bilinear resize to ``image_size``², :func:`busseg.data.preprocess.normalize`, the channel
-repeated ``in_channels`` times. Probabilities come from
-:func:`busseg.engine.evaluate.predict_probabilities` (ensemble and test-time flips: mean of
-probabilities). The probability map is resized back to the original size (bilinear, the
-resampling nnU-Net applies to probabilities rather than to hard masks, so the boundary keeps its
-sub-pixel position) and thresholded/post-processed there. Post-processing sizes
-(``min_component_px``, ``smooth_radius``) given without ``reference_size`` are read in network
-pixels (``image_size``², as ``busseg evaluate`` applies them) and scaled to every image's own
-size, so one setting removes the same fraction of every image.
+A row holds the image size, the pixel spacing (read from DICOM files, or ``pixel_spacing`` given
+by the user) and the measurements of :mod:`busseg.inference.measurements` (lesion found, area
+in px and mm², bounding box, maximum diameter, orientation, circularity), the peak foreground
+probability, the class probabilities of multi-task models, and the SHA-256 of the input file
+and of the model files (``input_sha256``, ``model_sha256``). How a mask is computed (training's
+preprocessing, ensemble and flips, resizing back, post-processing) is defined once in
+:mod:`busseg.inference.predictor`.
 
 Robustness: a file that cannot be read (corrupt, truncated, unsupported, multi-frame) is
 reported — a warning, ``failures.csv`` and the summary — and skipped; the others are still
 written. Every output is written atomically, so an interrupted run can simply be started again
-with the same command: images whose row exists are skipped. ``settings.json`` records what
-produced the outputs; restarting into the same folder with other models or options is refused
-(``overwrite=True`` recomputes everything).
+with the same command: an image counts as finished only when its row exists, its outputs exist
+and the row was made from the same input content and the same model files (an input replaced
+under the same name, or a checkpoint retrained in place, is predicted again). ``settings.json``
+records what produced the outputs; restarting into the same folder with other models or
+options is refused (``overwrite=True`` recomputes everything).
 
 Throughput: decoding and writing run in a thread pool (Pillow, zlib and most NumPy/SciPy work
 release the GIL) while the main thread runs the model, with a bounded look-ahead so memory stays
@@ -54,21 +54,18 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from busseg.data.imageio import IMAGE_SUFFIXES, is_dicom, read_image, read_pixel_spacing
-from busseg.data.preprocess import normalize, resize_image
-from busseg.engine.evaluate import find_fold_checkpoints, load_checkpoint, predict_probabilities, write_rows_csv
-from busseg.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from busseg.errors import CheckpointError, ConfigError, DataError
-from busseg.inference.measurements import check_spacing, lesion_measurements
-from busseg.postprocess import PostprocessConfig, postprocess_mask
+from busseg.data.imageio import IMAGE_SUFFIXES, is_dicom
+from busseg.errors import ConfigError, DataError, OutputError
+from busseg.inference.measurements import check_spacing
+from busseg.inference.predictor import Predictor, load
+from busseg.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, file_sha256
 from busseg.viz.overlay import overlay_prediction
 
 log = logging.getLogger(__name__)
@@ -89,10 +86,10 @@ OVERLAY_ALPHA = 0.45
 @dataclass(frozen=True)
 class InputImage:
     path: Path
-    #: path relative to the input root (POSIX separators), shown in the outputs.
+    #: path relative to the folder or list file it was found through (its file name when given
+    #: by itself), POSIX separators, suffix included: unique among the inputs, and the name of
+    #: its outputs (``masks/<id>.png``).
     id: str
-    #: output file name without suffix, unique among the inputs.
-    name: str
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -188,114 +185,18 @@ def collect_inputs(
     if not unique:
         shown = "; ".join(f"{p['file']}: {p['problem']}" for p in problems[:5])
         raise ConfigError(f"no image to predict in {', '.join(map(str, inputs))}" + (f" ({shown})" if shown else ""))
-    roots = {root for root in unique.values()}
-    base = Path(os.path.commonpath([str(r) for r in roots]))
-    ids = {path: path.relative_to(base).as_posix() for path in unique}
-    stems = [i.rsplit(".", 1)[0] if "." in Path(i).name else i for i in ids.values()]
-    folded = [s.lower() for s in stems]  # case-insensitive file systems
-    images = []
-    for (path, sample_id), stem, low in zip(ids.items(), stems, folded):
-        name = stem if folded.count(low) == 1 else sample_id.replace(".", "_")
-        images.append(InputImage(path=path, id=sample_id, name=name))
-    return images, problems
-
-
-# ------------------------------------------------------------------------------------ models
-
-
-@dataclass
-class Predictor:
-    """The model(s) of one prediction: a single model or an ensemble sharing preprocessing."""
-
-    models: list
-    recipe: dict
-    sources: list[Path]
-    backend: str  # "pytorch" | "onnx"
-    device: str = "cpu"
-    outputs: tuple[bool, bool] = (True, False)  # (segments, classifies)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.recipe["image_size"])
-
-    def describe(self) -> str:
-        what = f"{len(self.models)} {self.recipe['model']} models (ensemble)" if len(self.models) > 1 else self.recipe["model"]
-        precisions = sorted({getattr(m, "precision", "fp32") for m in self.models})
-        backend = self.backend if precisions == ["fp32"] else f"{self.backend} {'+'.join(precisions)}"
-        return f"{what}, {backend} on {self.device}, {self.image_size}x{self.image_size}"
-
-
-def _onnx_files(source: Path) -> list[Path]:
-    if source.is_dir():
-        files = sorted(source.glob("*.onnx"))
-        if not files:
-            raise CheckpointError(f"{source}: no .onnx file in this folder")
-        return files
-    return [source]
-
-
-def load_predictor(
-    sources: str | Path | Sequence[str | Path],
-    *,
-    onnx: bool = False,
-    fold: int | None = None,
-    device: str = "cpu",
-    onnx_threads: int | None = None,
-) -> Predictor:
-    """Load the model(s) to predict with.
-
-    ``sources``: checkpoint files, ``train`` run folders or ``cv`` folders (every fold's best
-    model: an ensemble; ``fold`` keeps one), or with ``onnx`` busseg ONNX files or folders of
-    them. Every model must share the preprocessing (image size, normalisation, channels) and
-    the outputs (segmentation / classification), since their probabilities are averaged.
-    """
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    for source in sources:
-        if not Path(source).exists():
-            raise CheckpointError(f"model {source} does not exist")
-    models, recipes, files, outputs = [], [], [], []
-    if onnx:
-        from busseg.inference.onnx_runner import CLS_OUTPUT, SEG_OUTPUT, load_onnx_model
-
-        for source in sources:
-            for path in _onnx_files(Path(source)):
-                model, recipe = load_onnx_model(path, device=device, threads=onnx_threads)
-                models.append(model), recipes.append(recipe), files.append(path)
-                outputs.append((SEG_OUTPUT in model.outputs, CLS_OUTPUT in model.outputs))
-    else:
-        from busseg.models import model_info
-
-        for source in sources:
-            checkpoints = find_fold_checkpoints(source)
-            if fold is not None:
-                checkpoints = [(k, c) for k, c in checkpoints if k == fold]
-                if not checkpoints:
-                    raise ConfigError(f"{source}: no model of fold {fold}")
-            for _, ckpt in checkpoints:
-                model, recipe = load_checkpoint(ckpt, device=device)
-                # channels-last is the layout oneDNN and cuDNN convolve fastest (about 15 % on
-                # the CPUs measured, same values up to float rounding); inference only, so the
-                # weights' layout does not matter elsewhere
-                model = model.to(memory_format=torch.channels_last)
-                models.append(model), recipes.append(recipe), files.append(ckpt)
-                info = model_info(recipe["model"])
-                outputs.append((info.segments, info.multitask))
-    if not models:
-        raise CheckpointError(f"no model found in {', '.join(map(str, sources))}")
-    first = recipes[0]
-    for path, recipe, out in zip(files[1:], recipes[1:], outputs[1:]):
-        for key in ("image_size", "normalization", "in_channels"):
-            if recipe[key] != first[key]:
-                raise CheckpointError(
-                    f"{path}: {key} {recipe[key]!r} differs from {first[key]!r} of {files[0]}; "
-                    "an ensemble needs one preprocessing"
-                )
-        if out != outputs[0]:
-            raise CheckpointError(f"{path}: its outputs (segmentation, classification) = {out} differ from "
-                                  f"{outputs[0]} of {files[0]}; an ensemble averages the same outputs")
-    return Predictor(models=models, recipe=first, sources=files, backend="onnx" if onnx else "pytorch",
-                     device=str(device), outputs=outputs[0])
+    images: dict[str, InputImage] = {}
+    for path, root in unique.items():
+        image = InputImage(path=path, id=path.relative_to(root).as_posix())
+        if image.id in images:
+            other = images[image.id].path
+            raise ConfigError(
+                f"two inputs would share the id and outputs {image.id!r}: {other} and {path}; give their "
+                f"common folder ({os.path.commonpath([other, path])}) instead, or predict them into separate "
+                "output folders"
+            )
+        images[image.id] = image
+    return list(images.values()), problems
 
 
 # ------------------------------------------------------------------------------ per image
@@ -308,25 +209,16 @@ class _Decoded:
     spacing: tuple[float, float] | None
     spacing_source: str
     tensor: torch.Tensor  # [C, S, S], normalised
+    sha256: str  # of the input file's bytes
 
 
-def _decode(item: InputImage, recipe: dict, default_spacing) -> _Decoded:
-    image = read_image(item.path)
-    spacing, source = read_pixel_spacing(item.path), "dicom"
+def _decode(item: InputImage, predictor: Predictor, default_spacing) -> _Decoded:
+    digest = file_sha256(item.path)
+    image, spacing = predictor.read(item.path)
+    source = "dicom"
     if spacing is None and default_spacing is not None:
         spacing, source = tuple(default_spacing), "given"
-    small = resize_image(image, int(recipe["image_size"]))
-    x = torch.from_numpy(normalize(small, recipe["normalization"]))
-    return _Decoded(item, image, spacing, source if spacing else "", x[None].repeat(int(recipe["in_channels"]), 1, 1))
-
-
-def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A probability map ``[S, S]`` resized bilinearly to ``shape`` (rows, cols), in [0, 1]."""
-    prob = np.asarray(prob, np.float32)
-    if prob.shape == tuple(shape):
-        return prob
-    resized = Image.fromarray(prob, mode="F").resize((shape[1], shape[0]), Image.BILINEAR)
-    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
+    return _Decoded(item, image, spacing, source if spacing else "", predictor.preprocess(image), digest)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -366,21 +258,24 @@ class _Layout:
     probabilities: bool
 
     def row(self, item: InputImage) -> Path:
-        return self.out / "rows" / f"{item.name}.json"
+        return self.out / "rows" / f"{item.id}.json"
 
     def mask(self, item: InputImage) -> Path:
-        return self.out / "masks" / f"{item.name}.png"
+        return self.out / "masks" / f"{item.id}.png"
 
     def overlay(self, item: InputImage) -> Path:
-        return self.out / "overlays" / f"{item.name}.png"
+        return self.out / "overlays" / f"{item.id}.png"
 
     def probability(self, item: InputImage) -> Path:
-        return self.out / "probabilities" / f"{item.name}.png"
+        return self.out / "probabilities" / f"{item.id}.png"
 
 
-def _finish(decoded: _Decoded, prob: np.ndarray | None, p_malignant: float | None,
-            config: PostprocessConfig, layout: _Layout) -> dict:
-    """Measure and write one image's outputs; the row file comes last (it marks completion)."""
+def _finish(decoded: _Decoded, probability: np.ndarray | None, p_malignant: float | None,
+            predictor: Predictor, layout: _Layout, model_sha256: str) -> dict:
+    """Finish one image's prediction (resize back, post-process, measure: runs in the I/O
+    threads), write its outputs and return its row; the row file comes last (it marks
+    completion)."""
+    prediction = predictor.finish(probability, decoded.image.shape, p_malignant, decoded.spacing)
     item = decoded.item
     h, w = decoded.image.shape
     row: dict[str, Any] = {
@@ -389,28 +284,31 @@ def _finish(decoded: _Decoded, prob: np.ndarray | None, p_malignant: float | Non
         "pixel_spacing_col_mm": decoded.spacing[1] if decoded.spacing else None,
         "spacing_source": decoded.spacing_source,
     }
-    if prob is not None:
-        full = resize_probability(prob, (h, w))
-        mask = postprocess_mask(full, config)
-        row["max_probability"] = float(full.max())
-        row.update(lesion_measurements(mask, decoded.spacing))
-        atomic_write_bytes(layout.mask(item), png_bytes(mask.astype(np.uint8) * 255))
+    if prediction.mask is not None:
+        row["max_probability"] = float(prediction.probability.max())
+        row.update(prediction.measurements)
+        atomic_write_bytes(layout.mask(item), png_bytes(prediction.mask.astype(np.uint8) * 255))
         row["mask"] = layout.mask(item).relative_to(layout.out).as_posix()
         if layout.overlays:
-            atomic_write_bytes(layout.overlay(item), png_bytes(overlay_prediction(decoded.image, mask, alpha=OVERLAY_ALPHA)))
+            overlay = overlay_prediction(decoded.image, prediction.mask, alpha=OVERLAY_ALPHA)
+            atomic_write_bytes(layout.overlay(item), png_bytes(overlay))
             row["overlay"] = layout.overlay(item).relative_to(layout.out).as_posix()
         if layout.probabilities:
-            atomic_write_bytes(layout.probability(item), png_bytes(np.round(full * 255).astype(np.uint8)))
+            atomic_write_bytes(layout.probability(item), png_bytes(np.round(prediction.probability * 255).astype(np.uint8)))
             row["probability"] = layout.probability(item).relative_to(layout.out).as_posix()
-    if p_malignant is not None:
-        row["prob_benign"] = 1.0 - float(p_malignant)
-        row["prob_malignant"] = float(p_malignant)
-        row["predicted_class"] = "malignant" if p_malignant > 0.5 else "benign"
+    if prediction.class_probabilities is not None:
+        row["prob_benign"] = prediction.class_probabilities["benign"]
+        row["prob_malignant"] = prediction.class_probabilities["malignant"]
+        row["predicted_class"] = prediction.predicted_class
+    row["input_sha256"] = decoded.sha256
+    row["model_sha256"] = model_sha256
     atomic_write_json(layout.row(item), row)
     return row
 
 
-def _load_row(layout: _Layout, item: InputImage) -> dict | None:
+def _finished_row(layout: _Layout, item: InputImage, model_sha256: str) -> dict | None:
+    """The row of an image already predicted from this very input and these very models with
+    all its outputs present, else ``None``."""
     path = layout.row(item)
     if not path.is_file():
         return None
@@ -418,9 +316,16 @@ def _load_row(layout: _Layout, item: InputImage) -> dict | None:
         row = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(row, dict) or row.get("model_sha256") != model_sha256:
+        return None
     for key in ("mask", "overlay", "probability"):
         if key in row and not (layout.out / row[key]).is_file():
             return None
+    try:
+        if row.get("input_sha256") != file_sha256(item.path):
+            return None
+    except OSError:
+        return None
     return row
 
 
@@ -439,48 +344,46 @@ def _write_failures(failures: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------------------------- driver
 
 
-def resolve_postprocess(postprocess, recipe: dict) -> PostprocessConfig:
-    """``None`` (threshold 0.5 only), ``"paper"``, ``"recipe"`` (the recipe's own setting), a
-    mapping or a :class:`PostprocessConfig`. Sizes without a ``reference_size`` are taken as
-    network pixels (``image_size``²) and scaled to each image (module docstring)."""
-    if postprocess == "recipe":
-        postprocess = recipe.get("postprocess")
-    elif postprocess == "paper":
-        postprocess = {"preset": "paper"}
-    config = PostprocessConfig.from_dict(postprocess)
-    if config.reference_size is None and not config.is_identity:
-        config = replace(config, reference_size=int(recipe["image_size"]))
-    return config
-
-
-def _settings(predictor: Predictor, tta: bool, config: PostprocessConfig, pixel_spacing, overlays: bool,
-              probabilities: bool) -> dict:
+def _settings(predictor: Predictor, pixel_spacing, overlays: bool, probabilities: bool) -> dict:
     return {
-        "models": [{"file": str(p.resolve()), "bytes": p.stat().st_size} for p in predictor.sources],
+        "models": [{"file": str(p.resolve()), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                   for p in predictor.sources],
         "backend": predictor.backend,
         "model": predictor.recipe["model"],
         "preprocessing": {k: predictor.recipe[k] for k in ("image_size", "normalization", "in_channels")},
-        "tta": bool(tta),
-        "postprocess": config.to_dict(),
+        "tta": predictor.tta,
+        "postprocess": predictor.postprocess.to_dict(),
         "pixel_spacing": list(pixel_spacing) if pixel_spacing is not None else None,
         "overlays": bool(overlays),
         "save_probabilities": bool(probabilities),
     }
 
 
+def _without_contents(settings: dict) -> dict:
+    """Settings with the model files named but not fingerprinted (what a user chose)."""
+    return {**settings, "models": [m.get("file") for m in settings.get("models", [])]}
+
+
 def _check_restart(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to mix outputs of other models or options in ``out``; a model file retrained in
+    place is no reason to refuse (its images are predicted again, see :func:`_finished_row`)."""
     path = out / SETTINGS_FILE
     if path.is_file() and not overwrite:
         try:
             previous = json.loads(path.read_text())
         except (OSError, ValueError):
             previous = None
-        if previous is not None and previous != settings:
-            changed = sorted(k for k in set(settings) | set(previous) if settings.get(k) != previous.get(k))
-            raise ConfigError(
-                f"{out} holds predictions made with other settings (different {', '.join(changed)}); "
-                "choose another output folder, or overwrite=True (--overwrite) to recompute them"
-            )
+        if isinstance(previous, dict):
+            chosen, before = _without_contents(settings), _without_contents(previous)
+            if chosen != before:
+                changed = sorted(k for k in set(chosen) | set(before) if chosen.get(k) != before.get(k))
+                raise ConfigError(
+                    f"{out} holds predictions made with other settings (different {', '.join(changed)}); "
+                    "choose another output folder, or overwrite=True (--overwrite) to recompute them"
+                )
+            if previous.get("models") != settings["models"]:
+                log.warning("the model files changed since the predictions in %s were made (retrained in "
+                            "place?): every image is predicted again", out)
     atomic_write_json(path, settings)
 
 
@@ -489,9 +392,8 @@ def predict(
     inputs: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     *,
-    onnx: bool = False,
     fold: int | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     postprocess=None,
     pixel_spacing: tuple[float, float] | None = None,
     batch_size: int = 8,
@@ -505,11 +407,14 @@ def predict(
     """Predict every image of ``inputs`` into ``out_dir`` (see the module docstring).
 
     Args:
-        models: a :class:`Predictor`, or what :func:`load_predictor` loads (checkpoints, run or
-            cv folders; ONNX files with ``onnx``).
+        models: a :class:`~busseg.inference.predictor.Predictor`, or what
+            :func:`busseg.inference.predictor.load` loads (run or cv folders, checkpoints, ONNX
+            files or folders of them).
         fold: with a cv folder, use only this fold's model (default: the ensemble of all).
-        tta: average the identity with the horizontal and vertical flips.
-        postprocess: see :func:`resolve_postprocess`.
+        tta: average the identity with the horizontal and vertical flips (default: off, or the
+            given predictor's setting).
+        postprocess: see :func:`~busseg.inference.predictor.resolve_postprocess` (default:
+            threshold 0.5 only, or the given predictor's setting).
         pixel_spacing: ``(row, col)`` mm per pixel for images that record none (DICOM files
             that record one keep theirs).
         batch_size: images per forward pass; workers: decode/write threads.
@@ -524,23 +429,24 @@ def predict(
         raise ConfigError(f"batch_size ({batch_size}) and workers ({workers}) must be >= 1")
     pixel_spacing = check_spacing(pixel_spacing)
     out = Path(out_dir)
-    predictor = models if isinstance(models, Predictor) else load_predictor(
-        models, onnx=onnx, fold=fold, device=device)
-    recipe = predictor.recipe
-    config = resolve_postprocess(postprocess, recipe)
-    segments = predictor.outputs[0]
+    if not isinstance(models, Predictor):
+        models = load(models, fold=fold, device=device)
+    predictor = models.with_options(tta=tta, postprocess=models.postprocess if postprocess is None else postprocess,
+                                    batch_size=int(batch_size))
+    segments = predictor.segments
     layout = _Layout(out, overlays and segments, save_probabilities and segments)
     items, failures = collect_inputs(inputs, exclude=out)
     for problem in failures:
         log.warning("skipped %s: %s", problem["file"], problem["problem"])
     out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(predictor, tta, config, pixel_spacing, layout.overlays, layout.probabilities)
+    settings = _settings(predictor, pixel_spacing, layout.overlays, layout.probabilities)
     _check_restart(out, settings, overwrite)
+    model_sha256 = predictor.identity()
 
     rows: dict[str, dict] = {}
     todo = []
     for item in items:
-        row = None if overwrite else _load_row(layout, item)
+        row = None if overwrite else _finished_row(layout, item, model_sha256)
         if row is None:
             todo.append(item)
         else:
@@ -549,11 +455,10 @@ def predict(
     if n_done_before:
         log.info("%d of %d images already predicted in %s; skipping them", n_done_before, len(items), out)
 
-    from tqdm import tqdm
+    from busseg.console import progress_bar
 
-    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="predicting", unit="img", enabled=progress, leave=True)
     start = time.perf_counter()
-    amp = torch.device(predictor.device).type == "cuda" and predictor.backend == "pytorch"
     look_ahead = max(2 * int(batch_size), int(workers))
     pool = ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="busseg-io")
     decoding: deque[tuple[InputImage, Future]] = deque()
@@ -570,25 +475,25 @@ def predict(
             item = next(queue, None)
             if item is None:
                 return
-            decoding.append((item, pool.submit(_decode, item, recipe, pixel_spacing)))
+            decoding.append((item, pool.submit(_decode, item, predictor, pixel_spacing)))
 
     def harvest(limit: int) -> None:
         while len(writing) > limit:
             item, future = writing.popleft()
             try:
                 rows[item.id] = future.result()
+            except OutputError:
+                raise  # an output that cannot be written (disk full, read-only) stops the run
             except (DataError, OSError) as exc:
                 fail(item, "write", exc)
             bar.update(1)
 
     def run_batch(batch: list[_Decoded]) -> None:
-        x = torch.stack([d.tensor for d in batch])
-        seg, cls = predict_probabilities(predictor.models, x, batch_size=len(batch), device=predictor.device,
-                                         tta=tta, amp=amp)
+        seg, cls = predictor.probabilities(torch.stack([d.tensor for d in batch]))
         for i, decoded in enumerate(batch):
             writing.append((decoded.item, pool.submit(
                 _finish, decoded, None if seg is None else seg[i], None if cls is None else float(cls[i]),
-                config, layout)))
+                predictor, layout, model_sha256)))
         harvest(2 * int(batch_size))
 
     try:
@@ -615,7 +520,7 @@ def predict(
 
     ordered = [rows[item.id] for item in items if item.id in rows]
     if ordered:
-        write_rows_csv(ordered, out / "predictions.csv")
+        atomic_write_csv(out / "predictions.csv", ordered)
     atomic_write_json(out / "predictions.json", ordered)
     _write_failures(failures, out / "failures.csv")
     n_now = len(ordered) - n_done_before
@@ -629,7 +534,7 @@ def predict(
         "failures": failures,
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(n_now / elapsed, 3) if n_now and elapsed > 0 else None,
-        "postprocess": config.describe(),
+        "postprocess": predictor.postprocess.describe(),
         "settings": settings,
         "columns": list(ordered[0]) if ordered else [],
     }
@@ -637,13 +542,4 @@ def predict(
     return summary
 
 
-__all__ = [
-    "InputImage",
-    "Predictor",
-    "collect_inputs",
-    "load_predictor",
-    "png_bytes",
-    "predict",
-    "resize_probability",
-    "resolve_postprocess",
-]
+__all__ = ["InputImage", "collect_inputs", "png_bytes", "predict"]

@@ -24,7 +24,7 @@ busseg ONNX file):
    of the INT8 graph are compared with the masks of the reference (the PyTorch model when
    exporting) on phantom images that were *not* used for calibration. The per-image Dice
    (two empty masks agree: Dice 1) must have a mean of at least ``min_dice`` (default 0.98),
-   otherwise nothing is written and :class:`~busseg.inference.export.ExportError` is raised.
+   otherwise nothing is written and :class:`~busseg.errors.ExportError` is raised.
    The largest probability difference and, for multi-task models, the agreement of the
    predicted class are reported too. All figures go into the file's metadata
    (``busseg.quantization``).
@@ -186,7 +186,8 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from busseg.inference.export import ExportError, save_onnx
+    from busseg.errors import ExportError
+    from busseg.inference.onnx_runner import save_onnx
 
     if not 0.0 <= float(min_dice) <= 1.0:
         raise ConfigError(f"min_dice must lie in [0, 1], got {min_dice}")

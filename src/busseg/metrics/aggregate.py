@@ -40,8 +40,8 @@ def summarize_per_image(rows: list[dict], metrics: Sequence[str] = SEGMENTATION_
         metrics: which metrics to summarize (e.g. add ``"hd95_mm"`` when spacings were known).
 
     Returns:
-        ``{"n": N, "<m>_mean": ..., "<m>_std": ..., "empty_cases": {"pred_only": a,
-        "target_only": b, "both": c}}``.
+        ``{"n": N, "<m>_mean": ..., "<m>_std": ..., "empty_cases": {"missed": a,
+        "false_alarm": b, "both_empty": c}}``.
 
     Raises:
         DataError: when a row lacks a metric or holds a NaN/None for it. NaN would otherwise
@@ -62,7 +62,7 @@ def summarize_per_image(rows: list[dict], metrics: Sequence[str] = SEGMENTATION_
                 )
             values.append(float(value))
         summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std(values)
-    summary["empty_cases"] = {case: 0 for case in ("pred_only", "target_only", "both")}
+    summary["empty_cases"] = {case: 0 for case in EMPTY_CASES}
     for row in rows:
         case = row.get("empty_case")
         if case is not None:

@@ -17,6 +17,11 @@ Choices:
   says which one it was;
 - AUC is undefined when the labels hold one class only: it is NaN and ``notes`` says so
   (it is never replaced by 0.5 or dropped silently).
+
+Every number comes from ``sklearn.metrics`` (``confusion_matrix``, ``accuracy_score``,
+``precision_score``, ``recall_score`` — specificity is the recall of the benign class —,
+``f1_score``, ``roc_auc_score``); this function adds the label checks, the ignored class and the
+notes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
+                             roc_auc_score)
 
 from busseg.errors import DataError
 
@@ -67,28 +73,19 @@ def classification_metrics(y_true, prob_malignant, threshold: float = 0.5) -> di
     n_ignored = int((~kept).sum())
     if labels.size == 0:
         raise DataError("no benign or malignant image to evaluate (all labels are -1)")
-    predicted = probs >= threshold
-    positive = labels == 1
-    tp = int(np.sum(predicted & positive))
-    fp = int(np.sum(predicted & ~positive))
-    tn = int(np.sum(~predicted & ~positive))
-    fn = int(np.sum(~predicted & positive))
-    notes: list[str] = []
-
-    def ratio(name: str, numerator: int, denominator: int) -> float:
-        if denominator == 0:
-            notes.append(f"{name} set to 0: its denominator is 0")
-            return 0.0
-        return numerator / denominator
-
-    recall = ratio("recall", tp, tp + fn)
+    predicted = (probs >= threshold).astype(int)
+    tn, fp, fn, tp = (int(c) for c in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+    notes: list[str] = [f"{name} set to 0: its denominator is 0" for name, denominator in
+                        (("precision", tp + fp), ("recall", tp + fn), ("specificity", tn + fp),
+                         ("f1", 2 * tp + fp + fn)) if denominator == 0]
+    recall = float(recall_score(labels, predicted, pos_label=1, zero_division=0))
     result = {
-        "accuracy": (tp + tn) / labels.size,
-        "precision": ratio("precision", tp, tp + fp),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "precision": float(precision_score(labels, predicted, pos_label=1, zero_division=0)),
         "recall": recall,
         "sensitivity": recall,
-        "specificity": ratio("specificity", tn, tn + fp),
-        "f1": ratio("f1", 2 * tp, 2 * tp + fp + fn),
+        "specificity": float(recall_score(labels, predicted, pos_label=0, zero_division=0)),
+        "f1": float(f1_score(labels, predicted, pos_label=1, zero_division=0)),
     }
     if np.unique(labels).size < 2:
         notes.append("auc is undefined (NaN): the labels hold a single class")

@@ -32,20 +32,28 @@ Surface-distance metrics, in pixels (and in millimetres when a pixel spacing is 
   directions, ``(sum_a d(a, S_target) + sum_b d(b, S_pred)) / (|S_pred| + |S_target|)``, as
   ``monai.metrics.compute_average_surface_distance(symmetric=True)``.
 
-Empty-mask policy: ONE policy, and no case is ever dropped. ``empty_case`` names which masks
-are EMPTY (``"both"``, only the prediction: ``"pred_only"``, only the reference:
-``"target_only"``) or is ``None`` when both have foreground:
+Empty-mask policy: ONE policy, and no case is ever dropped. ``empty_case`` names what happened
+when a mask is empty — ``"missed"`` (the reference has a lesion, the prediction is empty),
+``"false_alarm"`` (the prediction marks a lesion on an image without one) or ``"both_empty"``
+(a correct "no lesion") — and is ``None`` when both masks have foreground:
 
-- ``"both"`` (a correct "no lesion"): Dice = IoU = precision = recall = specificity = 1,
-  hd95 = asd = 0.
-- ``"pred_only"`` (the lesion is missed) and ``"target_only"`` (a false alarm on an image
-  without lesion): Dice = IoU = 0, hd95 = asd = the image diagonal, precision = recall = 0.
+- ``"both_empty"``: Dice = IoU = precision = recall = specificity = 1, hd95 = asd = 0.
+- ``"missed"`` and ``"false_alarm"``: Dice = IoU = 0, hd95 = asd = the image diagonal,
+  precision = recall = 0.
 
 The image diagonal (``sqrt(H^2 + W^2)`` px; ``sqrt((H s_row)^2 + (W s_col)^2)`` mm) is a
 worst-case distance: it exceeds every distance between two pixels of the image. MONAI returns
 NaN or inf here and NaN vanishes from a ``nanmean``, hiding missed lesions; here such cases
 count at the worst value and :func:`busseg.metrics.aggregate.summarize_per_image` reports how
 many there were.
+
+Why written here and not taken from MONAI (``monai.metrics``, a test dependency that these
+functions are checked against): MONAI's metrics return NaN or inf when a mask is empty and
+expect batched one-hot tensors; busseg needs ONE empty-mask policy that never drops a case
+(above), per-image numbers on NumPy masks of any size (images keep their own geometry), and
+millimetres from a per-image pixel spacing. The distance computations themselves are SciPy's
+(``binary_erosion``, ``distance_transform_edt``); on non-empty masks every value agrees with
+MONAI's (tests/test_metrics.py).
 
 Zero denominators (one rule for precision and recall): a ratio whose denominator is 0 is 1
 when both masks are empty and 0 otherwise, so that neither a missed lesion (precision's
@@ -67,12 +75,16 @@ from busseg.errors import DataError
 #: Every metric :func:`segmentation_metrics` returns (distances in pixels).
 SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "hd95", "asd")
 
-#: Values of ``empty_case`` (besides ``None``): which of the two masks is empty.
+#: Values of ``empty_case`` (besides ``None``): what happened when a mask is empty.
 EMPTY_CASES = {
-    "both": "prediction and reference both empty (a correct 'no lesion')",
-    "pred_only": "only the prediction is empty (the lesion is missed)",
-    "target_only": "only the reference is empty (a false alarm)",
+    "missed": "the reference has a lesion, the prediction is empty (the lesion is missed)",
+    "false_alarm": "the reference is empty, the prediction marks a lesion (a false alarm)",
+    "both_empty": "prediction and reference both empty (a correct 'no lesion')",
 }
+
+#: The names per-image CSVs written before busseg named the outcome carried (they named the
+#: empty mask: ``pred_only`` read like "only the prediction has a lesion" but meant a miss).
+LEGACY_EMPTY_CASES = {"pred_only": "missed", "target_only": "false_alarm", "both": "both_empty"}
 
 # 4-connected cross: the structuring element of MONAI's get_mask_edges (scipy's default).
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -189,7 +201,7 @@ def segmentation_metrics(
     Returns:
         ``dice, iou, precision, recall, specificity, accuracy`` in [0, 1], ``hd95, asd`` in
         pixels, ``hd95_mm, asd_mm`` (with ``spacing``), the counts ``tp, fp, fn, tn`` and
-        ``empty_case`` (``None``, ``"both"``, ``"pred_only"`` or ``"target_only"``).
+        ``empty_case`` (``None``, ``"missed"``, ``"false_alarm"`` or ``"both_empty"``).
     """
     pred = as_binary_mask(pred, "prediction")
     target = as_binary_mask(target, "reference mask")
@@ -202,7 +214,7 @@ def segmentation_metrics(
     pred_empty, target_empty = tp + fp == 0, tp + fn == 0
     both_empty = pred_empty and target_empty
     empty_case = (
-        "both" if both_empty else "pred_only" if pred_empty else "target_only" if target_empty else None
+        "both_empty" if both_empty else "missed" if pred_empty else "false_alarm" if target_empty else None
     )
 
     result: dict[str, float | int | str | None] = {

@@ -17,7 +17,6 @@ collects them into the run record with :func:`collect_weights_info`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from busseg.errors import ConfigError
+from busseg.fileio import file_sha256
 
 log = logging.getLogger("busseg")
 _WARNED: set[str] = set()
@@ -67,11 +67,7 @@ def validate_weights_spec(spec: str) -> str:
 
 
 def _file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ Layout of a results folder (everything the report shows is read back from these 
                                               dataset (busseg.engine.evaluate.evaluate_run)
         robustness/                           with ``corruptions``: every fold model on its test
                                               images under scanner-like corruptions
-                                              (busseg.inference.robustness)
+                                              (busseg.engine.robustness)  
 
 Training and evaluation are the engine's (``cross_validate`` and ``evaluate_run``); this module
 only decides WHAT to run (recipes under a protocol, the shared split) and skips what is done:
@@ -118,22 +118,40 @@ def resolve_protocol(protocol: str | Path | dict | Protocol, overrides: Sequence
     return Protocol(path.stem, fields, list(overrides or []))
 
 
-def benchmark_recipe(model: str, protocol: Protocol, k: int | None = None, base: str | Path | dict | None = None) -> dict:
-    """``model``'s recipe under ``protocol`` (fields, then overrides), with ``cv_folds`` set to
-    the shared split's fold count. ``base``: the recipe to start from (a name, a YAML file or a
-    dict; default: the model's paper recipe)."""
-    from busseg.engine.recipe import validate_recipe
+def _base_recipe(model: str, base: str | Path | dict | None) -> dict:
+    """The recipe ``model`` starts from: its paper recipe, or ``base`` — a recipe name, a YAML
+    file or a dict. A ``base`` with a ``model`` field is a whole recipe (what it leaves out is
+    the global default); without one it is a partial recipe merged onto the model's own."""
+    from busseg.engine.recipe import merge_recipe, read_recipe_fields, recipe_path, validate_recipe
+    from busseg.models import model_info
+
+    own = model_info(model).recipe
+    if base is None:
+        return load_recipe(own)
+    if isinstance(base, dict):
+        fields, source = copy.deepcopy(base), f"recipe given for {model}"
+    else:
+        fields, source = read_recipe_fields(base), str(recipe_path(base))
+    if "model" in fields:
+        return validate_recipe(fields, source)
+    return merge_recipe(load_recipe(own), fields, f"{source} (partial recipe merged onto {own!r})")
+
+
+def benchmark_recipe(model: str, protocol: Protocol, k: int | None = None, base: str | Path | dict | None = None,
+                     model_overrides: Sequence[str] | None = None) -> dict:
+    """``model``'s recipe under ``protocol`` (fields, then overrides), then ``model_overrides``
+    (this model's own ``key=value`` changes), with ``cv_folds`` set to the shared split's fold
+    count. ``base``: the recipe to start from (see :func:`_base_recipe`; default: the model's
+    paper recipe)."""
     from busseg.models import model_info
 
     info = model_info(model)
-    if isinstance(base, dict):
-        recipe = validate_recipe(copy.deepcopy(base), f"recipe given for {model}")
-    else:
-        recipe = load_recipe(base if base is not None else info.recipe)
+    recipe = _base_recipe(model, base)
     changes = [f"model={model}"] if recipe["model"] != model else []
     # JSON is valid YAML: the values survive apply_overrides' YAML parsing unchanged.
     changes += [f"{key}={json.dumps(value)}" for key, value in protocol.fields.items()]
     changes += protocol.overrides
+    changes += list(model_overrides or [])
     if k is not None:
         changes.append(f"cv_folds={k}")
     recipe = apply_overrides(recipe, changes, f"benchmark protocol {protocol.name!r} for {model}")
@@ -146,6 +164,23 @@ def benchmark_recipe(model: str, protocol: Protocol, k: int | None = None, base:
     return recipe
 
 
+def split_overrides(items: Sequence[str] | None, models: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Command-line ``--set`` items → (overrides for every model, ``{model: its own overrides}``).
+
+    ``KEY=VALUE`` applies to every model; ``MODEL:KEY=VALUE`` to that model only (e.g.
+    ``unet:model_options.base_channels=8``, an option other models do not take)."""
+    common: list[str] = []
+    scoped: dict[str, list[str]] = {}
+    for item in items or []:
+        key = item.partition("=")[0]
+        if ":" not in key:
+            common.append(item)
+            continue
+        model, _, rest = item.partition(":")
+        if model not in models:
+            raise ConfigError(f"--set {item!r}: model {model!r} is not in the run ({', '.join(models)})")
+        scoped.setdefault(model, []).append(rest)
+    return common, scoped
 def parse_cross(items: Sequence[str] | None) -> list[tuple[str, str | None]]:
     """``["busbra=/data/BUS-BRA", "udiat"]`` → ``[("busbra", "/data/BUS-BRA"), ("udiat", None)]``."""
     from busseg.data import DATASETS
@@ -162,24 +197,57 @@ def parse_cross(items: Sequence[str] | None) -> list[tuple[str, str | None]]:
 
 
 def plan_benchmark(models: Sequence[str], protocol: Protocol, *, k: int | None = None,
-                   recipes: Mapping[str, str | Path | dict] | None = None) -> dict[str, dict]:
-    """The recipe each model will be trained with (checked, nothing written): the model's paper
-    recipe or ``recipes[model]``, under ``protocol``, with ``cv_folds`` = the shared split's
-    fold count ``k`` (default: the protocol's ``cv_folds``; 5 under ``paper``)."""
+                   recipes: Mapping[str, str | Path | dict] | None = None,
+                   model_overrides: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict]:
+    """The recipe each model will be trained with, checked exactly as the run checks it (nothing
+    written): the model's paper recipe or ``recipes[model]``, under ``protocol``, then
+    ``model_overrides[model]``, with ``cv_folds`` = the shared split's fold count ``k``
+    (default: the protocol's ``cv_folds``; 5 under ``paper``). Every model, objective,
+    optimiser and schedule is built (on the meta device, :func:`busseg.engine.task.check_buildable`),
+    so an option one model refuses fails here, before any model trains."""
+    from busseg.engine.task import check_buildable
+
     models = list(dict.fromkeys(models))
     if not models:
         raise ConfigError("benchmark: no models given")
     bases = dict(recipes or {})
-    unknown = sorted(set(bases) - set(models))
-    if unknown:
-        raise ConfigError(f"benchmark: recipes given for models not in the run: {unknown}")
+    scoped = {m: list(v) for m, v in (model_overrides or {}).items()}
+    for what, given in (("recipes", bases), ("overrides", scoped)):
+        unknown = sorted(set(given) - set(models))
+        if unknown:
+            raise ConfigError(f"benchmark: {what} given for models not in the run: {unknown}")
     if k is None:
-        k = benchmark_recipe(models[0], protocol, base=bases.get(models[0]))["cv_folds"] if protocol.name != "paper" else 5
-    planned = {m: benchmark_recipe(m, protocol, k, bases.get(m)) for m in models}
+        k = benchmark_recipe(models[0], protocol, base=bases.get(models[0]),
+                             model_overrides=scoped.get(models[0]))["cv_folds"] if protocol.name != "paper" else 5
+    planned = {m: benchmark_recipe(m, protocol, k, bases.get(m), scoped.get(m)) for m in models}
     if len({r["include_normal"] for r in planned.values()}) > 1:
         raise ConfigError("benchmark: the recipes disagree on include_normal; one split needs one image set "
                           "(set it in the protocol, e.g. --set include_normal=false)")
+    for model, recipe in planned.items():
+        try:
+            check_buildable(recipe)
+        except ConfigError as exc:
+            raise ConfigError(f"benchmark: {exc} (under protocol {protocol.name!r}; "
+                              f"a model-scoped --set {model}:KEY=VALUE changes this model only)") from exc
     return planned
+
+
+def check_results_folder(out: str | Path, dataset: str, planned: Mapping[str, dict]) -> dict[str, str]:
+    """Refuse to mix recipes in one results folder: a model whose folds in ``out`` were trained
+    with another recipe than ``planned[model]`` is an error naming the fields that differ.
+    Returns ``{model: "new" | "N fold(s) started or finished"}`` for the plan."""
+    state = {}
+    for model, recipe in planned.items():
+        cv_dir = Path(out) / dataset / model
+        saved = sorted(cv_dir.glob("fold_*/recipe.yaml"))
+        for path in saved:
+            previous = yaml.safe_load(path.read_text())
+            if previous != json.loads(json.dumps(recipe)):
+                fields = sorted(key for key in set(previous) | set(recipe) if previous.get(key) != recipe.get(key))
+                raise ConfigError(f"{cv_dir} holds {model} trained with another recipe ({path}; fields that differ: "
+                                  f"{', '.join(fields)}). Use another results folder: one folder = one protocol.")
+        state[model] = f"{len(saved)} fold(s) started or finished" if saved else "new"
+    return state
 
 
 # ------------------------------------------------------------------ results folder bookkeeping
@@ -235,8 +303,10 @@ def shared_split(out: Path, dataset: str, root, recipe: dict, data_options: dict
 
 def measure_complexity(recipe: dict, image_size: int = COMPLEXITY_SIZE, device: str = "cpu") -> dict:
     """Parameters, FLOPs (PyTorch's FlopCounterMode; 1 multiply-add = 2 FLOPs) and inference
-    time per image at ``image_size`` (rounded up to the model's size divisor) on CPU and, when
-    CUDA is available, on the GPU."""
+    time per image at ``image_size`` (rounded up to the model's size divisor; 256² by default,
+    the size the papers report) on CPU and, when CUDA is available, on the GPU; and the FLOPs
+    at the size the recipe trains at (``trained_image_size``, ``gflops_trained``), which differ
+    for a run trained smaller (the quick protocol's 128², a 64² smoke run)."""
     import torch
 
     from busseg.engine.task import build_model_from_recipe
@@ -247,14 +317,17 @@ def measure_complexity(recipe: dict, image_size: int = COMPLEXITY_SIZE, device: 
     size = -(-image_size // divisor) * divisor
     model = build_model_from_recipe(recipe, encoder_weights="none")
     flops = count_flops(model, size, recipe["in_channels"])
+    trained = recipe["image_size"]
+    flops_trained = flops if trained == size else count_flops(model, trained, recipe["in_channels"])
     entry = {
         "model": recipe["model"], "model_options": recipe["model_options"], "in_channels": recipe["in_channels"],
         "image_size": size, "parameters": count_parameters(model), "gflops": flops / 1e9, "gmacs": flops / 2e9,
+        "trained_image_size": trained, "gflops_trained": flops_trained / 1e9,
         "cpu_ms": measure_inference_ms(model, size, recipe["in_channels"], device="cpu", warmup=1, repeats=3),
         "cpu_threads": torch.get_num_threads(), "gpu_ms": None, "gpu": None,
         "measured": timestamp(),
         "conventions": "FLOPs from torch.utils.flop_counter (1 MAC = 2 FLOPs; convolutions, matmuls, "
-                       "attention only); median ms per image at batch 1, eval mode, float32",
+                       "attention only); median ms per image at batch 1, eval mode, float32, at image_size",
     }
     if device != "cpu" and torch.cuda.is_available():
         entry["gpu_ms"] = measure_inference_ms(model, size, recipe["in_channels"], device="cuda", warmup=3, repeats=10)
@@ -277,6 +350,7 @@ def run_benchmark(
     split: str | Path | None = None,
     folds: Sequence[int] | None = None,
     recipes: Mapping[str, str | Path | dict] | None = None,
+    model_overrides: Mapping[str, Sequence[str]] | None = None,
     cross: Sequence[tuple[str, str | None]] = (),
     data_options: dict | None = None,
     corruptions: Sequence[str] | None = None,
@@ -291,9 +365,12 @@ def run_benchmark(
     """Train and test every model of ``models`` on every fold of one shared split of
     ``dataset``, evaluate each fold model on the ``cross`` datasets, measure complexity, and
     write the report. ``recipes`` maps a model to the recipe to start from instead of its paper
-    recipe (the protocol still applies on top). ``corruptions``: also run the robustness benchmark
-    (these corruption names, five severities) on every fold model's test images. Returns the
-    invocation record added to ``benchmark.json``.
+    recipe (the protocol still applies on top; a partial recipe is merged onto the paper one);
+    ``model_overrides`` maps a model to ``key=value`` overrides of its own, applied last. Every
+    model's recipe is checked before the first one trains (:func:`plan_benchmark`), and a model
+    already in ``out`` must have been trained with the same recipe (:func:`check_results_folder`).
+    ``corruptions``: also run the robustness benchmark (these corruption names, five severities)
+    on every fold model's test images. Returns the invocation record added to ``benchmark.json``.
 
     Failures of one model (an exception while training or evaluating it) are recorded in
     ``benchmark.json`` and the next model runs; they are listed in the returned record's
@@ -304,7 +381,8 @@ def run_benchmark(
     out = Path(out)
     models = list(dict.fromkeys(models))
     proto = resolve_protocol(protocol, overrides)
-    recipes = plan_benchmark(models, proto, k=k, recipes=recipes)
+    recipes = plan_benchmark(models, proto, k=k, recipes=recipes, model_overrides=model_overrides)
+    check_results_folder(out, dataset, recipes)
     first = recipes[models[0]]
     k = first["cv_folds"]
 
@@ -330,6 +408,7 @@ def run_benchmark(
                    cross={**ds_meta.get("cross", {}), **{name: r for name, r in cross}})
     invocation: dict[str, Any] = {"command": command_line(), "started": timestamp(), "dataset": dataset,
                                   "models": models, "folds": fold_list, "versions": library_versions(),
+                                  "model_overrides": {m: list(v) for m, v in (model_overrides or {}).items()},
                                   "status": {}, "failed": []}
     meta["invocations"].append(invocation)
     atomic_write_json(meta_path, meta)
@@ -364,7 +443,7 @@ def run_benchmark(
                 evaluate_run(cv_dir, cross_dir, dataset=name, root=cross_root, subset="all", device=device)
                 status[f"cross:{name}"] = "evaluated"
             if corruptions:
-                from busseg.inference.robustness import evaluate_corruptions
+                from busseg.engine.robustness import evaluate_corruptions
 
                 # resumable: finished (fold, corruption) parts are reused
                 evaluate_corruptions(cv_dir, cv_dir / "robustness", dataset=dataset, root=root,
@@ -399,6 +478,7 @@ def _update_complexity(path: Path, recipes: dict[str, dict], device: str) -> Non
         saved = table.get(model)
         if (saved and saved.get("model_options") == recipe["model_options"]
                 and saved.get("in_channels") == recipe["in_channels"]
+                and saved.get("trained_image_size") == recipe["image_size"]
                 and (saved.get("gpu_ms") is not None or device == "cpu")):
             continue
         try:
@@ -409,5 +489,6 @@ def _update_complexity(path: Path, recipes: dict[str, dict], device: str) -> Non
         atomic_write_json(path, table)
 
 
-__all__ = ["QUICK_LABEL", "QUICK_PROTOCOL", "Protocol", "benchmark_recipe", "measure_complexity",
-           "parse_cross", "plan_benchmark", "resolve_protocol", "run_benchmark"]
+__all__ = ["QUICK_LABEL", "QUICK_PROTOCOL", "Protocol", "benchmark_recipe", "check_results_folder",
+           "measure_complexity", "parse_cross", "plan_benchmark", "resolve_protocol", "run_benchmark",
+           "split_overrides"]

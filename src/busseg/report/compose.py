@@ -23,7 +23,6 @@ import yaml
 from busseg.engine.io import atomic_write_json, atomic_write_text
 from busseg.errors import BussegError, DataError
 from busseg.report import tables
-from busseg.report.benchmark import QUICK_LABEL
 from busseg.report.figures import cd_diagram, dice_boxplot, read_training_log, training_curves
 from busseg.report.html import Cell, Document, Table, to_html, to_markdown
 from busseg.report.results import BenchmarkResults, ModelResults, load_benchmark
@@ -32,9 +31,26 @@ from busseg.report.stats import friedman_nemenyi, paired_tests
 log = logging.getLogger("busseg")
 
 AGGREGATION = ("Each fold's score is the mean over its test images; tables show the mean ± sample standard "
-               "deviation across folds (every model on the same shared split). Rates in %, HD95/ASD in pixels at "
-               "each model's input resolution (mm when every image had a pixel spacing). Empty-mask policy: "
+               "deviation across folds (every model on the same shared split). Rates in %, HD95/ASD in pixels of "
+               "the scoring geometry below (mm when every image had a pixel spacing). Empty-mask policy: "
                "a missed lesion counts with Dice 0 and the image diagonal as distance (column 'Missed').")
+#: how each scoring geometry is stated in the report (see busseg.engine.evaluate).
+GEOMETRY_TEXT = {
+    "original": "Scored in each image's original geometry: the predicted probabilities are resized back to the "
+                "image's own size before thresholding, and distances are in that image's pixels (a missed lesion "
+                "counts that image's diagonal).",
+    "network": "Scored at each model's input size (the papers' protocol): reference masks resized to the network's "
+               "input, distances in network pixels (a missed lesion counts the network-size diagonal).",
+}
+
+
+def _geometry_sentence(models: dict[str, ModelResults]) -> str:
+    geometries = {name: res.geometry for name, res in models.items()}
+    kinds = set(geometries.values())
+    if len(kinds) == 1 and kinds <= set(GEOMETRY_TEXT):
+        return GEOMETRY_TEXT[kinds.pop()]
+    return ("Scoring geometries differ between models (" + ", ".join(f"{m}: {g}" for m, g in geometries.items())
+            + "): their distances are not comparable.")
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -75,9 +91,11 @@ def _qualitative_grid(bench: BenchmarkResults, dataset: str, models: dict[str, M
     import torch
     from skimage.transform import resize
 
-    from busseg.engine.data import InMemoryTensors
-    from busseg.engine.evaluate import load_checkpoint, predict_probabilities
-    from busseg.engine.train import load_dataset
+    from busseg.data.imageio import read_sample
+    from busseg.engine.data import load_dataset
+    from busseg.engine.evaluate import scored_case
+    from busseg.errors import CheckpointError
+    from busseg.inference.predictor import load, run_checkpoint
     from busseg.viz import save_overlay_grid
 
     info = bench.meta["datasets"][dataset]
@@ -90,33 +108,37 @@ def _qualitative_grid(bench: BenchmarkResults, dataset: str, models: dict[str, M
             prepared_by_size[size] = load_dataset(dataset, info.get("root"), recipe, info.get("data_options")).subset(ids)
         return prepared_by_size[size]
 
-    display = prepared_for(next(iter(models.values())).recipe)
-    shape = display.images.shape[1:]
-    rows = [{"image": display.images[i], "target": display.masks[i].astype(bool), "name": f"{tag}: {sample_id}",
-             "captions": {}} for i, (sample_id, tag) in enumerate(cases)]
+    # every model's masks are drawn as its per-image CSV scored them (scored_case), resized to the
+    # shape of the first model's display only where geometries differ
+    first = next(iter(models.values()))
+    display = prepared_for(first.recipe)
+    rows = []
+    for i, (sample_id, tag) in enumerate(cases):
+        image, reference = ((display.images[i], display.masks[i].astype(bool)) if first.geometry == "network"
+                            else read_sample(display.records[i]))
+        rows.append({"image": image, "target": reference, "name": f"{tag}: {sample_id}", "captions": {}})
     shown = []
     for name, res in models.items():
         per_image = res.per_image.set_index("id")
         by_fold: dict[int, list[int]] = defaultdict(list)
         for i, sample_id in enumerate(ids):
             by_fold[int(per_image.loc[sample_id, "fold"])].append(i)
-        checkpoints = {fold: res.fold_dir(fold) / res.fold_results[fold]["best_checkpoint"] for fold in by_fold}
-        missing = [str(c) for c in checkpoints.values() if not c.is_file()]
-        if missing:  # results copied without their checkpoints: numbers stay, pictures cannot
-            log.warning("qualitative grid: %s left out (checkpoint not found: %s)", name, missing[0])
+        try:
+            checkpoints = {fold: run_checkpoint(res.fold_dir(fold))[1] for fold in by_fold}
+        except CheckpointError as exc:  # results copied without their checkpoints: numbers stay, pictures cannot
+            log.warning("qualitative grid: %s left out (%s)", name, exc)
             continue
         shown.append(name)
         prepared = prepared_for(res.recipe)
+        geometry = res.geometry if res.geometry in ("original", "network") else "network"
         for fold, rows_of_fold in by_fold.items():
-            ckpt = checkpoints[fold]
-            model, recipe = load_checkpoint(ckpt, name, device="cpu")
-            tensors = InMemoryTensors(prepared.subset([ids[i] for i in rows_of_fold]), recipe["normalization"],
-                                      recipe["in_channels"])
-            with torch.no_grad():
-                prob, _ = predict_probabilities([model], tensors.images, batch_size=4)
+            predictor = load(checkpoints[fold], batch_size=4)
+            images = prepared.subset([ids[i] for i in rows_of_fold]).images
+            prob, _ = predictor.probabilities(torch.stack([predictor.preprocess(image) for image in images]))
             for j, i in enumerate(rows_of_fold):
-                pred = prob[j] > 0.5
-                if pred.shape != shape:  # another training size: nearest-neighbour to the display size
+                pred = scored_case(prepared, i, prob[j], None, geometry)[2]
+                shape = rows[i]["target"].shape
+                if pred.shape != shape:  # another geometry or training size: nearest-neighbour to the display
                     pred = resize(pred, shape, order=0, preserve_range=True, anti_aliasing=False).astype(bool)
                 rows[i][name] = pred
                 rows[i]["captions"][name] = f"Dice {float(per_image.loc[ids[i], 'dice']) * 100:.1f}"
@@ -144,7 +166,8 @@ def _dataset_section(doc: Document, bench: BenchmarkResults, dataset: str, model
     doc.heading(f"Dataset: {dataset}", 2)
     doc.paragraph(f"{len(models)} model(s), {info['k']}-fold cross-validation on one shared split (",
                   Cell("split file", href=_rel(split_path, base)), f"; data root {info.get('root') or 'default'}). ",
-                  AGGREGATION)
+                  AGGREGATION, " ", _geometry_sentence(models))
+    out["geometry"] = {name: res.geometry for name, res in models.items()}
     unfinished = bench.unfinished.get(dataset, {})
     if unfinished:
         doc.paragraph("Not in the tables (no finished cross-validation): "
@@ -335,9 +358,10 @@ def build_report(directory: str | Path, *, cases: Sequence[str] | None = None, a
     directory = Path(directory)
     bench = load_benchmark(directory)
     quick = bench.protocol.get("name") == "quick"
-    doc = Document(f"busseg benchmark report{' — ' + QUICK_LABEL if quick else ''}")
+    label = bench.protocol.get("label", "quick protocol")  # written by report.benchmark.Protocol
+    doc = Document(f"busseg benchmark report{' — ' + label if quick else ''}")
     if quick:
-        doc.paragraph(QUICK_LABEL + ". Fixed small budget (see Protocol) so that every model runs on a CPU: the "
+        doc.paragraph(label + ". Fixed small budget (see Protocol) so that every model runs on a CPU: the "
                       "numbers rank nothing and reproduce no paper.", css_class="banner")
     _protocol_section(doc, bench)
     numbers: dict = {"protocol": bench.protocol, "aggregation": AGGREGATION, "datasets": {}}
@@ -352,7 +376,9 @@ def build_report(directory: str | Path, *, cases: Sequence[str] | None = None, a
         doc.table(tables.complexity_table(
             bench.complexity, all_models, "Parameters, FLOPs (PyTorch FlopCounterMode, 1 MAC = 2 FLOPs; "
             "convolutions, matrix products and attention only) and inference time per image at batch 1 "
-            "(median of repeated passes, float32, eval mode), as trained (model options, input channels)",
+            "(median of repeated passes, float32, eval mode) of each model with its trained options and input "
+            "channels, at the common input size of the 'Input' column (256², as the papers report); the last "
+            "column gives the FLOPs at the size the model was trained at in this benchmark",
             _source(directory, "From", [("complexity.json", directory / "complexity.json")])))
         numbers["complexity"] = {m: bench.complexity.get(m) for m in all_models}
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from busseg.report.stats import FriedmanNemenyi
 
@@ -130,6 +131,7 @@ def training_curves(curves: Mapping[str, Sequence[pd.DataFrame]], path: str | Pa
             mean = pd.concat(series, axis=1).mean(axis=1)
             ax.plot(mean.index + 1, mean.values, color=color, lw=2, label=name, marker="o" if len(mean) < 6 else None)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     if present:

@@ -82,6 +82,7 @@ def leakage_study(
     overrides: Sequence[str] | None = None,
     k: int | None = None,
     recipes: dict | None = None,
+    model_overrides: dict | None = None,
     data_options: dict | None = None,
     accelerator: str = "auto",
     devices: int | str = 1,
@@ -97,7 +98,7 @@ def leakage_study(
     out = Path(out)
     models = list(dict.fromkeys(models))
     proto = resolve_protocol(protocol, overrides)
-    model_recipes = plan_benchmark(models, proto, k=k, recipes=recipes)
+    model_recipes = plan_benchmark(models, proto, k=k, recipes=recipes, model_overrides=model_overrides)
     first = model_recipes[models[0]]
     k = first["cv_folds"]
     seed, val_fraction = first["seed"], float(first["validation"]["fraction"])

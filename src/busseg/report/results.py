@@ -41,6 +41,14 @@ class ModelResults:
         return self.directory / f"fold_{fold}"
 
     @property
+    def geometry(self) -> str:
+        """Where the test images were scored (:mod:`busseg.engine.evaluate`): ``"original"``
+        or ``"network"`` (results written before busseg recorded it were scored at the
+        network's size)."""
+        geometries = {(r.get("test") or {}).get("geometry") or "network" for r in self.fold_results.values()}
+        return geometries.pop() if len(geometries) == 1 else "mixed"
+
+    @property
     def train_seconds(self) -> float:
         return float(sum(r.get("train_seconds", 0.0) for r in self.fold_results.values()))
 
@@ -61,9 +69,15 @@ class BenchmarkResults:
 
 
 def read_per_image(path: Path) -> pd.DataFrame:
-    """A per-image CSV with ids kept as strings (an id such as ``0001`` must stay one)."""
-    return pd.read_csv(path, dtype={"id": str, "label": str, "source": str, "empty_case": str},
-                       keep_default_na=True)
+    """A per-image CSV with ids kept as strings (an id such as ``0001`` must stay one); the
+    ``empty_case`` names of older CSVs are read as today's (``pred_only`` → ``missed``...)."""
+    from busseg.metrics.segmentation import LEGACY_EMPTY_CASES
+
+    frame = pd.read_csv(path, dtype={"id": str, "label": str, "source": str, "empty_case": str},
+                        keep_default_na=True)
+    for column in [c for c in frame.columns if c.endswith("empty_case")]:
+        frame[column] = frame[column].replace(LEGACY_EMPTY_CASES)
+    return frame
 
 
 def _load_model(dataset: str, model: str, directory: Path) -> ModelResults:

@@ -1,7 +1,7 @@
 """The report's robustness section: a table (clean Dice, mean corruption Dice, relative
 robustness, Dice per corruption), Dice against severity (one line per model) and an example grid
 of the corruptions, from each model's ``robustness/summary.json`` (written by
-:func:`busseg.inference.robustness.evaluate_corruptions` during ``benchmark run --corruptions``).
+:func:`busseg.engine.robustness.evaluate_corruptions` during ``benchmark run --corruptions``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def dice_vs_severity(numbers: Mapping[str, dict], path: str | Path, title: str =
     for name, s in numbers.items():
         severities = [int(k) for k in s["dice_by_severity"]]
         values = [s["clean_dice"], *(s["dice_by_severity"][str(k)] for k in severities)]
-        label = name if s.get("augmentation") in (None, "paper recipe") else f"{name} ({s['augmentation']})"
+        # the preset's name in the legend (a paper recipe's own keys are the model's default)
+        augmentation = s.get("augmentation") or ""
+        label = name if augmentation in ("", "paper recipe", "none") or augmentation.startswith("paper:") \
+            else f"{name} ({augmentation})"
         ax.plot([0, *severities], np.asarray(values, float) * 100, marker="o", label=label)
     ax.set_xlabel("corruption severity (0 = clean)")
     ax.set_ylabel("mean Dice over corruptions (%)")

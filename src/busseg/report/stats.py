@@ -19,6 +19,13 @@ images, e.g. the out-of-fold predictions of a cross-validation on one shared spl
   quantile over sqrt(2) (:func:`critical_difference`); the cliques drawn in the CD diagram
   are the maximal runs of models, consecutive in rank, whose ranks all lie within CD.
 
+Why written here (the statistics glue): SciPy, scikit-posthocs and statsmodels give every
+test and adjustment; this module only holds what they leave to the caller — one score matrix
+checked for equal image counts and finite values (a NaN would drop an image from one model
+only), the reference chosen by mean, identical models answered with p = 1 where SciPy returns
+NaN or raises, and Demšar's critical difference with the cliques it defines (scikit-posthocs'
+own CD diagram groups models by pairwise p-values instead, not by CD).
+
 Images play the role of Demšar's data sets here. They are not independent when several images
 come from one patient; the tests are descriptive aids next to the per-fold table, not proofs.
 """
@@ -56,18 +63,16 @@ def _score_matrix(scores: Mapping[str, Sequence[float]]) -> tuple[list[str], np.
 def holm_adjust(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error control), NaNs left as NaN.
 
-    Sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``."""
+    Sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``, with ``m``
+    the number of non-NaN p-values (``statsmodels.stats.multitest.multipletests``, method
+    ``holm``, on those)."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(p_values, dtype=float)
     out = np.full_like(p, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    m = len(valid)
-    if m == 0:
-        return out
-    order = valid[np.argsort(p[valid], kind="stable")]
-    running = 0.0
-    for position, index in enumerate(order):
-        running = max(running, min(1.0, (m - position) * p[index]))
-        out[index] = running
+    valid = ~np.isnan(p)
+    if valid.any():
+        out[valid] = multipletests(p[valid], method="holm")[1]
     return out
 
 

@@ -3,8 +3,9 @@
 Aggregation (busseg's protocol, :mod:`busseg.metrics.aggregate`): a fold's score is the mean
 over its test images; a model's score is the mean ± sample standard deviation (ddof = 1) of
 its fold scores. For cross-dataset tables the "folds" are the fold MODELS, each applied to
-every image of the other dataset. Rates are shown in percent, distances in pixels at each
-model's input resolution (millimetres when every image had a pixel spacing).
+every image of the other dataset. Rates are shown in percent, distances in pixels of the
+geometry the results were scored in (each image's own by default, see
+:mod:`busseg.engine.evaluate`; millimetres when every image had a pixel spacing).
 
 Each ``*_numbers`` function returns plain numbers (written to ``report_numbers.json`` and
 checked by the tests against the CSVs); each ``*_table`` function formats them.
@@ -74,7 +75,7 @@ def segmentation_numbers(models: Mapping[str, ModelResults], prefix: str = "") -
         for metric in RATE_METRICS + distances:
             entry[metric] = fold_aggregate(df, prefix + metric)
         case_column = prefix + "empty_case"
-        entry["missed"] = int((df[case_column] == "pred_only").sum()) if case_column in df.columns else 0
+        entry["missed"] = int((df[case_column] == "missed").sum()) if case_column in df.columns else 0
         out[name] = entry
     return out
 
@@ -249,17 +250,24 @@ def nemenyi_table(result: FriedmanNemenyi, caption: str, source: list) -> Table:
 
 
 def complexity_table(complexity: dict[str, dict], models: Sequence[str], caption: str, source: list) -> Table:
-    header = ["Model", "Parameters", "GFLOPs", "GMACs", "Input", "CPU ms / image", "GPU ms / image"]
+    """Parameters, FLOPs and times at the common size (256², comparable across models and with the
+    papers) next to the FLOPs at the size each model was trained at."""
+    header = ["Model", "Parameters", "Input", "GFLOPs", "GMACs", "CPU ms / image", "GPU ms / image",
+              "Trained at", "GFLOPs as trained"]
     rows = []
     for name in models:
         entry = complexity.get(name)
         if entry is None or "error" in entry:
-            rows.append([name] + ["not measured" if entry is None else entry["error"]] + ["—"] * 5)
+            rows.append([name] + ["not measured" if entry is None else entry["error"]] + ["—"] * 7)
             continue
         gpu = "not measured" if entry.get("gpu_ms") is None else f"{entry['gpu_ms']:.2f} ({entry['gpu']})"
-        rows.append([name, f"{entry['parameters']:,}", f"{entry['gflops']:.2f}", f"{entry['gmacs']:.2f}",
-                     f"{entry['in_channels']}×{entry['image_size']}×{entry['image_size']}",
-                     f"{entry['cpu_ms']:.1f} ({entry['cpu_threads']} thread(s))", gpu])
+        channels = entry["in_channels"]
+        trained = entry.get("trained_image_size")
+        rows.append([name, f"{entry['parameters']:,}", f"{channels}×{entry['image_size']}×{entry['image_size']}",
+                     f"{entry['gflops']:.2f}", f"{entry['gmacs']:.2f}",
+                     f"{entry['cpu_ms']:.1f} ({entry['cpu_threads']} thread(s))", gpu,
+                     "not recorded" if trained is None else f"{channels}×{trained}×{trained}",
+                     "—" if trained is None else f"{entry['gflops_trained']:.3f}"])
     return Table(header, rows, caption, source)
 
 

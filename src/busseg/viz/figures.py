@@ -29,6 +29,8 @@ from busseg.viz.overlay import (
 )
 
 PANEL_INCHES = 2.6
+#: height of one line of a 9-pt panel heading, with its padding, in inches
+HEADING_LINE_INCHES = 0.19
 
 
 def _rgb01(color: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -162,7 +164,15 @@ def save_overlay_grid(
         raise DataError("viz: save_overlay_grid needs at least one row")
     if not columns:
         raise DataError("viz: save_overlay_grid needs at least one column")
-    fig = Figure(figsize=(PANEL_INCHES * len(columns), PANEL_INCHES * len(rows) + 0.9))
+    # The band above the first row holds the title and the column headings (a heading with a
+    # caption takes two lines): sized from its contents so that neither overlaps the other.
+    first_captions = rows[0].get("captions") or {}
+    heading_lines = 2 if any(first_captions.get(c) for c in columns) else 1
+    title_inches = 0.3 if title else 0.0
+    top_inches = 0.08 + title_inches + heading_lines * HEADING_LINE_INCHES + 0.12
+    bottom_inches = 0.45
+    height = PANEL_INCHES * len(rows) + top_inches + bottom_inches
+    fig = Figure(figsize=(PANEL_INCHES * len(columns), height))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     with_reference = any(row.get("target") is not None for row in rows)
     for r, row in enumerate(rows):
@@ -176,11 +186,11 @@ def save_overlay_grid(
             axes[r, 0].text(-0.04, 0.5, str(row["name"]), rotation=90, ha="right", va="center",
                             transform=axes[r, 0].transAxes, fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1.0 - 0.08 / height, va="top")
     fig.legend(handles=_legend_handles(with_reference), loc="lower center", ncol=4,
                fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.04, right=0.99, top=1.0 - 0.6 / fig.get_figheight(),
-                        bottom=0.45 / fig.get_figheight(), wspace=0.04, hspace=0.25)
+    fig.subplots_adjust(left=0.04, right=0.99, top=1.0 - top_inches / height,
+                        bottom=bottom_inches / height, wspace=0.04, hspace=0.25)
     return _save(fig, path)
 
 

@@ -21,9 +21,11 @@ shifts (gain, TGC, speckle, resolution, grey map, field of view, compression, ov
 scanner from another vendor also changes anatomy, population, lesion mix and annotators. Test on
 another dataset (``evaluate --dataset busbra|udiat|stu|folder``) for that.
 
-Prediction goes through :class:`busseg.inference.predict.Predictor` (one predictor object behind
-every way of applying a model); :func:`predict_original_geometry` is the single place that maps
-images to the model and back.
+Prediction goes through :class:`busseg.inference.predictor.Predictor` — called on the corrupted
+uint8 images, it resizes, normalises, predicts and maps the probability back to each image's own
+size, as for any scan — and the images each fold model scores are chosen by
+:func:`busseg.engine.evaluate.select_images`, the rule ``evaluate`` follows, so the clean rows here
+are the images (and, with the same ``tta``/``postprocess``, the masks) ``evaluate`` scores.
 """
 
 from __future__ import annotations
@@ -34,38 +36,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from busseg.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from busseg.data.augment import describe_augmentation
+from busseg.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, corrupt
 from busseg.data.imageio import read_sample
-from busseg.data.preprocess import normalize, resize_image
-from busseg.engine.evaluate import find_fold_checkpoints, predict_probabilities, write_rows_csv
-from busseg.engine.io import atomic_write_json
+from busseg.engine.evaluate import select_images
+from busseg.engine.io import atomic_write_csv, atomic_write_json
 from busseg.errors import ConfigError
-from busseg.inference.predict import Predictor, load_predictor, resize_probability
+from busseg.fileio import file_sha256
+from busseg.inference.predictor import Predictor, find_models, load
 from busseg.metrics.segmentation import segmentation_metrics
 
-ROBUSTNESS_FORMAT = "busseg-robustness/1"
-
-
-def predict_original_geometry(predictor: Predictor, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-    """Foreground probabilities of uint8 grey ``images`` (any sizes), each ``[H, W]`` in its own
-    geometry: the model's preprocessing (bilinear resize to its input size, its normalisation,
-    channel repeat), the model (or the ensemble's mean), and a bilinear resize back."""
-    recipe = predictor.recipe
-    size, channels = int(recipe["image_size"]), int(recipe["in_channels"])
-    x = torch.stack([
-        torch.from_numpy(normalize(resize_image(image, size), recipe["normalization"]))[None].repeat(channels, 1, 1)
-        for image in images
-    ])
-    seg, _ = predict_probabilities(predictor.models, x, batch_size=batch_size, device=predictor.device)
-    if seg is None:
-        raise ConfigError(f"{recipe['model']} does not segment: the robustness benchmark scores masks")
-    return [resize_probability(seg[i], image.shape) for i, image in enumerate(images)]
-
-
-def _score(prob: np.ndarray, target: np.ndarray, spacing) -> dict:
-    return segmentation_metrics(prob > 0.5, target, spacing=spacing)
+ROBUSTNESS_FORMAT = "busseg-robustness/2"
 
 
 def summarize_robustness(rows: list[dict], corruptions: Sequence[str], severities: Sequence[int]) -> dict:
@@ -99,14 +81,21 @@ def summarize_robustness(rows: list[dict], corruptions: Sequence[str], severitie
     }
 
 
-def _settings(checkpoints, dataset: str, subset: str, corruptions, severities, seed: int) -> dict:
+def _settings(models, dataset: str, subset: str, corruptions, severities, seed: int, predictor: Predictor) -> dict:
+    """What the results of a folder depend on; a rerun with other settings is refused."""
     return {
         "format": ROBUSTNESS_FORMAT,
-        "checkpoints": [{"fold": fold, "path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
-                         "mtime_ns": Path(path).stat().st_mtime_ns} for fold, path in checkpoints],
+        "models": [{"fold": fold, "path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+                   for fold, path in models],
         "dataset": dataset, "subset": subset, "corruptions": list(corruptions),
         "severities": list(severities), "seed": int(seed),
+        "tta": predictor.tta, "postprocess": predictor.postprocess.describe(),
     }
+
+
+def _masks(predictor: Predictor, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The predictor's masks of uint8 images, each at its image's own size (no measurements)."""
+    return [p.mask for p in predictor(images, measure=False)]
 
 
 def evaluate_corruptions(
@@ -122,75 +111,62 @@ def evaluate_corruptions(
     seed: int = 0,
     device: str = "cpu",
     include_normal: bool | None = None,
+    tta: bool = False,
+    postprocess=None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
-    """Score the fold model(s) of ``run`` on corrupted test images; see the module docstring.
+    """Score the fold model(s) of ``run`` on corrupted images; see the module docstring.
 
     ``subset``: ``test`` — each fold model on its own test fold (needs the run's split and
     dataset); ``all`` — every fold model on every image (another dataset); ``auto`` — ``test``
-    on the training dataset, ``all`` elsewhere (as ``evaluate``).
+    on the data the run was trained on, ``all`` elsewhere (:func:`select_images`, as
+    ``evaluate``). ``tta`` and ``postprocess`` are the predictor's (:func:`busseg.load`): the
+    masks scored are the masks ``busseg predict`` would write.
     """
-    from busseg.data.splits import fold_ids, load_split
-    from busseg.engine.evaluate import load_checkpoint
-    from busseg.engine.train import load_dataset
+    from busseg.engine.data import load_dataset
 
-    corruptions = list(corruptions or CORRUPTIONS)
-    unknown = [c for c in corruptions if c not in CORRUPTIONS]
-    if unknown:
-        raise ConfigError(f"unknown corruption(s) {unknown}; known: {', '.join(CORRUPTIONS)}")
-    severities = [int(s) for s in severities]
-    if not severities or any(s not in SEVERITIES for s in severities):
-        raise ConfigError(f"severities must be among {SEVERITIES}, got {severities}")
+    corruptions, severities = check_corruptions(corruptions, severities)
     out_dir = Path(out_dir)
-    checkpoints = find_fold_checkpoints(run)
-    _, recipe = load_checkpoint(checkpoints[0][1])
-    trained_on = None
-    for candidate in (checkpoints[0][1].parent.parent / "run.json",):
-        if candidate.is_file():
-            trained_on = json.loads(candidate.read_text()).get("dataset")
-    if subset == "auto":
-        subset = "test" if trained_on == dataset and checkpoints[0][0] is not None else "all"
-    if subset not in ("test", "all"):
-        raise ConfigError(f"subset must be auto, test or all, got {subset!r}")
+    models = find_models(run)
+    predictors: dict[int, Predictor] = {}
 
-    settings = _settings(checkpoints, dataset, subset, corruptions, severities, seed)
+    def predictor_of(k: int) -> Predictor:
+        if k not in predictors:
+            predictors[k] = load(models[k][1], device=device, tta=tta, postprocess=postprocess,
+                                 batch_size=batch_size)
+        return predictors[k]
+
+    first = predictor_of(0)
+    recipe = first.recipe
+    if not first.segments:
+        raise ConfigError(f"{run}: {recipe['model']} does not segment; the robustness benchmark scores masks")
+    # records give the original-geometry files; the prepared network-size arrays are not scored
+    prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
+    chosen = select_images(run, models, prepared, dataset=dataset, root=root, data_options=data_options,
+                           subset=subset)
+    settings = _settings(models, dataset, chosen.subset, corruptions, severities, seed, first)
     parts = out_dir / "parts"
     settings_file = out_dir / "settings.json"
     if settings_file.is_file():
         if json.loads(settings_file.read_text()) != settings:
-            raise ConfigError(f"{out_dir} holds robustness results of other settings (model, data, corruptions "
-                              "or seed); choose another --out or delete it")
+            raise ConfigError(f"{out_dir} holds robustness results of other settings (models, data, corruptions, "
+                              "seed, TTA or post-processing); choose another --out or delete it")
     else:
         atomic_write_json(settings_file, settings)
 
-    # records give the original-geometry files; the prepared arrays are not used for scoring
-    prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
     records = {r.id: r for r in prepared.records}
     started = time.perf_counter()
     rows: list[dict] = []
-    steps = len(checkpoints) * (1 + len(corruptions))
+    todo = ["none", *corruptions]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc="corruptions", unit="step", leave=False)
-    for fold, ckpt in checkpoints:
+        bar = tqdm(total=len(models) * len(todo), desc="corruptions", unit="step", leave=False)
+    for k, ((fold, _), ids) in enumerate(zip(models, chosen.ids)):
         tag = f"fold_{fold}" if fold is not None else "model"
-        if subset == "test":
-            split = load_split(ckpt.parent.parent / "split.json", prepared.records)
-            ids = fold_ids(split, fold)[2]
-        else:
-            ids = list(prepared.ids)
-        todo = ["none", *corruptions]
-        if all((parts / f"{tag}__{name}.json").is_file() for name in todo):
-            for name in todo:
-                rows.extend(json.loads((parts / f"{tag}__{name}.json").read_text()))
-            if bar is not None:
-                bar.update(len(todo))
-            continue
-        predictor = load_predictor(ckpt, device=device)
-        samples = [(sid, *read_sample(records[sid])) for sid in ids]
+        samples = None
         base = {"fold": fold, "model": recipe["model"], "dataset": dataset}
         for name in todo:
             part = parts / f"{tag}__{name}.json"
@@ -199,17 +175,20 @@ def evaluate_corruptions(
                 if bar is not None:
                     bar.update(1)
                 continue
+            if samples is None:
+                samples = [(sid, *read_sample(records[sid])) for sid in ids]
             part_rows = []
             for severity in ([0] if name == "none" else severities):
                 if name == "none":
                     pairs = [(image, mask.astype(bool)) for _, image, mask in samples]
                 else:
                     pairs = [corrupt(image, mask, name, severity, key=sid, seed=seed) for sid, image, mask in samples]
-                probs = predict_original_geometry(predictor, [p[0] for p in pairs], batch_size)
-                for (sid, _, _), (_, target), prob in zip(samples, pairs, probs):
+                masks = _masks(predictor_of(k), [image for image, _ in pairs])
+                for (sid, _, _), (_, target), predicted in zip(samples, pairs, masks):
                     rec = records[sid]
                     part_rows.append({"id": sid, "label": rec.label, **base, "corruption": name,
-                                      "severity": severity, **_score(prob, target, rec.pixel_spacing_mm)})
+                                      "severity": severity,
+                                      **segmentation_metrics(predicted, target, spacing=rec.pixel_spacing_mm)})
             atomic_write_json(part, part_rows)
             rows.extend(part_rows)
             if bar is not None:
@@ -217,18 +196,18 @@ def evaluate_corruptions(
     if bar is not None:
         bar.close()
     summary = {
-        "format": ROBUSTNESS_FORMAT, "model": recipe["model"], "dataset": dataset, "trained_on": trained_on,
-        "subset": subset, "n_models": len(checkpoints), "n_images": len({(r["fold"], r["id"]) for r in rows
-                                                                          if r["corruption"] == "none"}),
+        "format": ROBUSTNESS_FORMAT, "model": recipe["model"], "dataset": dataset, "trained_on": chosen.trained_on,
+        "subset": chosen.subset, "n_models": len(models),
+        "n_images": len({(r["fold"], r["id"]) for r in rows if r["corruption"] == "none"}),
         "seed": seed, "severities": severities, "corruptions": corruptions,
         "levels": {c: {"parameter": CORRUPTIONS[c].describe, "values": list(CORRUPTIONS[c].levels)}
                    for c in corruptions},
-        "geometry": "original image geometry (masks scored at each image's own size)",
-        "augmentation": recipe["augmentation"].get("preset", "paper recipe"),
+        "geometry": "original", "tta": first.tta, "postprocess": first.postprocess.describe(),
+        "augmentation": describe_augmentation(recipe["augmentation"]),
         "elapsed_s": round(time.perf_counter() - started, 1),
         **summarize_robustness(rows, corruptions, severities),
     }
-    write_rows_csv(rows, out_dir / "per_image.csv")
+    atomic_write_csv(out_dir / "per_image.csv", rows)
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
