@@ -245,3 +245,16 @@ def test_transforming_only_the_drawn_samples_changes_nothing(monkeypatch, n):
         ref_img, ref_msk = BatchAugmenter(cfg)(image, mask, seed)
         torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=0)
         assert torch.equal(msk, ref_msk)
+
+
+def test_an_augmentation_section_is_described_by_its_preset_and_changes():
+    from busseg.data.augment import describe_augmentation
+
+    assert describe_augmentation({"preset": "robust"}) == "robust"
+    # as a validated recipe holds it: the preset's name and its expanded values
+    assert describe_augmentation({"preset": "robust", **resolve_augmentation({"preset": "robust"})}) == "robust"
+    assert describe_augmentation({"preset": "robust", "hflip": 0.0, "gamma": {"p": 0.5}}) == \
+        "robust (changed: gamma, hflip)"
+    assert describe_augmentation({"hflip": 0.5, "vflip": 0.0, "scale": [0.9, 1.1], "rotate_deg": [0, 15]}) == \
+        "paper: hflip, scale"
+    assert describe_augmentation({"hflip": 0.0, "scale": [1.0, 1.0]}) == "none"

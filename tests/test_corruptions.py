@@ -129,3 +129,19 @@ def test_evaluate_corruptions_on_a_trained_run(tmp_path):
         evaluate_corruptions(run, out, data_options={"n": 16}, corruptions=["gain"], severities=[1, 5],
                              progress=False)
     assert json.loads((out / "settings.json").read_text())["corruptions"] == ["gain", "zoom"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--corruptions", "gain,fog"], r"unknown corruption\(s\) \['fog'\]"),
+    (["--corruptions", "--severities", "1,7"], r"severities must be among \[1, 2, 3, 4, 5\], got \[1, 7\]"),
+    (["--corruptions", "--severities", "1,x"], "--severities: expected comma-separated integers"),
+])
+def test_evaluate_checks_the_corruption_options_before_evaluating(tmp_path, capsys, options, message):
+    import re
+
+    from busseg.cli.main import main
+
+    # the run does not exist: the options are refused before the evaluation would find out
+    code = main(["evaluate", str(tmp_path / "no_run"), "--out", str(tmp_path / "eval"), *options])
+    assert code == 2 and re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "eval").exists()
