@@ -87,7 +87,8 @@ def bench(tmp_path_factory):
     other = write_phantom_dataset(base / "other_phantoms", n=6, image_size=32, seed=11)
     out = base / "results"
     record = run_benchmark(out, MODELS, dataset="phantom", data_options={"n": 24}, protocol=PROTOCOL,
-                           recipes={m: RECIPES[m] for m in MODELS}, cross=[("folder", str(other))], **QUIET)
+                           recipes={m: RECIPES[m] for m in MODELS}, cross=[("folder", str(other))],
+                           corruptions=["gain", "annotations"], **QUIET)
     return out, record
 
 
@@ -179,7 +180,7 @@ def test_html_report_is_self_contained(bench):
     out, _ = bench
     page = (out / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)  # + 2 robustness figures
     assert QUICK_LABEL not in page  # not the quick protocol
     assert 'href="phantom/split.json"' in page and 'href="phantom/bench_small/fold_0/recipe.yaml"' in page
 
@@ -206,6 +207,26 @@ def test_report_rebuilds_identically_with_chosen_cases(bench):
     assert "Qualitative grid not drawn" not in (out / "report.md").read_text()
     build_report(out, cases=["no_such_image"])
     assert "Qualitative grid not drawn: qualitative cases ['no_such_image']" in (out / "report.md").read_text()
+
+
+def test_report_has_the_robustness_table_plot_and_corruption_grid(bench):
+    out, _ = bench
+    report = (out / "report.md").read_text()
+    assert "Robustness to scanner-like corruptions" in report and "not a second site" in report
+    assert (out / "figures" / "phantom_robustness.png").is_file()
+    assert (out / "figures" / "phantom_corruptions.png").is_file()
+    numbers = _numbers(out)["datasets"]["phantom"]["robustness"]
+    assert set(numbers) == set(MODELS)
+    for model in MODELS:
+        df = pd.read_csv(out / "phantom" / model / "robustness" / "per_image.csv")
+        assert sorted(df["fold"].unique()) == [0, 1]
+        clean = df[df["corruption"] == "none"]
+        # every test image of the cross-validation, once, scored clean
+        cv = pd.read_csv(out / "phantom" / model / "cv_per_image.csv")
+        assert sorted(clean["id"]) == sorted(cv["id"])
+        assert numbers[model]["clean_dice"] == pytest.approx(clean["dice"].mean())
+        assert numbers[model]["mean_corruption_dice"] == pytest.approx(df[df["corruption"] != "none"]["dice"].mean())
+        assert f"| {model} |" in report.split("Robustness to scanner-like corruptions")[1]
 
 
 def test_protocols():

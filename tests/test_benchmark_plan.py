@@ -5,6 +5,8 @@ one model. Nothing here trains: every error comes before the first epoch."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -90,3 +92,27 @@ def test_a_results_folder_never_mixes_two_recipes_of_one_model(tmp_path, capsys)
     with pytest.raises(ConfigError, match="phantom/unet.*another recipe.*epochs"):
         run_benchmark(out, ["unet"], dataset="phantom", protocol="quick", progress=False, accelerator="cpu")
     assert yaml.safe_load((out / "phantom" / "unet" / "fold_0" / "recipe.yaml").read_text()) == trained
+
+
+def test_dry_run_shows_and_checks_each_models_augmentation(tmp_path, capsys):
+    # the robust preset for one model under the paper protocol, a change of it for another
+    # under the quick protocol; a bad preset or a bad corruption name fails before anything trains
+    code = main(["benchmark", "run", "--dry-run", "--out", str(tmp_path / "b"), "--dataset", "phantom",
+                 "--models", "unet", "elad_net", "--set", "elad_net:augmentation.preset=robust"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  unet ") or "elad_net " in line}
+    assert "/ paper: hflip /" in lines["unet"] and "/ robust / new" in lines["elad_net"]
+    planned = plan_benchmark(["elad_net"], resolve_protocol("paper"),
+                             model_overrides={"elad_net": ["augmentation.preset=robust"]})
+    assert planned["elad_net"]["augmentation"]["hflip"] == 0.5  # the preset's, not the paper's 0.0
+
+    code = main(["benchmark", "run", "--dry-run", "--out", str(tmp_path / "b"), "--dataset", "phantom", "--quick",
+                 "--models", "unet", "--set", "unet:augmentation.speckle.p=0"])
+    assert code == 0 and "/ robust (changed: speckle) /" in capsys.readouterr().out
+    for bad, message in ((["--set", "unet:augmentation.preset=strong"], "augmentation.preset must be one of robust"),
+                         (["--corruptions", "gain,fog"], r"unknown corruption\(s\) \['fog'\]")):
+        code = main(["benchmark", "run", "--dry-run", "--out", str(tmp_path / "b"), "--dataset", "phantom",
+                     "--quick", "--models", "unet", *bad])
+        assert code == 2 and re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "b").exists()

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from busseg.engine.evaluate import evaluate_run
 from busseg.models.checkpoint import load_checkpoint
-from busseg.engine.recipe import apply_overrides, list_recipes, load_recipe, validate_recipe
+from busseg.engine.recipe import apply_overrides, list_recipes, load_recipe, merge_recipe, validate_recipe
 from busseg.engine.train import cross_validate, load_dataset, resolve_split, train_fold
 from busseg.errors import CheckpointError, ConfigError
 from busseg.models import ModelOutput, list_models, register_model
@@ -117,6 +117,11 @@ BAD_NESTED_FIELDS = [
     ("augmentation.scale=[0, 1.2]", "augmentation.scale element 0"),
     ("augmentation.brightness=2", r"augmentation.brightness must be in \[0, 1\]"),
     ("augmentation.flip=0.5", r"unknown option\(s\) \['flip'\] in augmentation"),
+    ("augmentation.preset=strong", r"augmentation.preset must be one of robust; got 'strong'"),
+    ("augmentation={preset: robust, speckle: {p: 2}}", r"augmentation.speckle.p must be in \[0, 1\], got 2"),
+    ("augmentation={preset: robust, gamma: {p: 0.3, gama: [1, 2]}}",
+     r"unknown option\(s\) \['gama'\] in augmentation.gamma"),
+    ("augmentation={depth_gain: {p: 0.3, max_db: -6, knots: 5}}", r"augmentation.depth_gain.max_db must be in \[0, inf\]"),
     ("validation.fraction=1.5", "validation.fraction must be in"),
     ("validation.monitor=dice", "validation.monitor must be one of"),
     ("validation.patience=3", r"unknown option\(s\) \['patience'\] in validation"),
@@ -136,6 +141,24 @@ BAD_NESTED_FIELDS = [
 def test_recipe_validation_covers_nested_fields_and_ranges(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(tiny_recipe(), [override], "command line")
+
+
+def test_choosing_a_preset_starts_the_section_from_the_preset():
+    # elad_net's paper augmentation is all zeros: merged key by key onto the robust preset, its
+    # hflip 0.0 silently switched off the preset's mirroring (and vflip, rotate... were kept)
+    paper = load_recipe("elad_net")
+    robust = apply_overrides(paper, ["augmentation={preset: robust}"])
+    assert robust["augmentation"]["hflip"] == 0.5 and "vflip" not in robust["augmentation"]
+    assert apply_overrides(paper, ["augmentation.preset=robust"])["augmentation"] == robust["augmentation"]
+    assert merge_recipe(paper, {"augmentation": {"preset": "robust"}})["augmentation"] == robust["augmentation"]
+    # keys given after the preset change it; a section without a preset still merges key by key
+    changed = apply_overrides(paper, ["augmentation.preset=robust", "augmentation.hflip=0.0"])
+    assert changed["augmentation"]["hflip"] == 0.0 and changed["augmentation"]["speckle"]["p"] == 0.3
+    assert merge_recipe(robust, {"augmentation": {"speckle": {"p": 0.0}}})["augmentation"]["speckle"] == {
+        **robust["augmentation"]["speckle"], "p": 0.0}
+    # the same rule for post-processing presets
+    custom = apply_overrides(paper, ["postprocess={keep_largest: 2, fill_holes: true}"])
+    assert merge_recipe(custom, {"postprocess": {"preset": "paper"}})["postprocess"] == {"preset": "paper"}
 
 
 def test_recipe_model_and_loss_options_fail_before_any_data_is_loaded(tmp_path, monkeypatch):
@@ -225,8 +248,11 @@ class _CrashAfterFirstEpoch(L.Callback):
             raise _SimulatedCrash("killed after epoch 0")
 
 
-def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("augmentation", ["paper", "robust"])
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, augmentation):
     recipe = tiny_recipe(epochs=3)
+    if augmentation == "robust":  # every transform's draws must be resumable too
+        recipe = apply_overrides(recipe, ["augmentation={preset: robust}"])
     full = tmp_path / "full"
     train_fold(recipe, full, data_options=PHANTOMS, evaluate_test=False, **QUIET)
     cut = tmp_path / "cut"

@@ -200,3 +200,45 @@ def test_cli_prints_the_image_count_and_labels_the_ensemble_spread(dataset, cv_r
     assert cli_main(["evaluate", str(cv_run), "--dataset", "folder", "--root", str(dataset), "--ensemble",
                      "--out", str(tmp_path / "c")]) == 2
     assert "leaky" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ the robustness benchmark's images
+
+
+def test_robustness_clean_rows_are_the_masks_evaluate_scores(dataset, cv_run, tmp_path):
+    """One rule chooses each fold model's images and one predictor makes the masks: the robustness
+    benchmark's clean rows are evaluate's rows (same images per fold, same Dice), with TTA too."""
+    from busseg.engine.robustness import evaluate_corruptions
+
+    for tta in (False, True):
+        evaluate_run(cv_run, tmp_path / f"eval_{tta}", dataset="folder", root=dataset, tta=tta)
+        scored = {(r["fold"], sid): float(r["dice"]) for sid, r in
+                  ((r["id"], r) for r in csv.DictReader(open(tmp_path / f"eval_{tta}" / "per_image.csv")))}
+        summary = evaluate_corruptions(cv_run, tmp_path / f"robust_{tta}", dataset="folder", root=dataset,
+                                       corruptions=["gain"], severities=[1], tta=tta, progress=False)
+        with open(tmp_path / f"robust_{tta}" / "per_image.csv", newline="") as fh:
+            clean = {(r["fold"], r["id"]): float(r["dice"]) for r in csv.DictReader(fh) if r["corruption"] == "none"}
+        assert summary["subset"] == "test" and summary["tta"] is tta
+        assert clean.keys() == scored.keys() and len(clean) == len(SIZES)
+        for key, dice in scored.items():
+            assert clean[key] == pytest.approx(dice, abs=1e-9), key
+
+
+def test_robustness_on_another_folder_scores_every_image_with_every_fold_model(dataset, cv_run, tmp_path):
+    # the old rule ("test" whenever the dataset's name matched run.json) read the run's split
+    # against another folder of the same layout and failed; evaluate treats it as cross-dataset
+    from busseg.engine.robustness import evaluate_corruptions
+
+    other = tmp_path / "other_site"
+    (other / "images").mkdir(parents=True)
+    (other / "masks").mkdir()
+    phantoms = make_phantoms(5, image_size=48, seed=11)
+    for i in range(5):
+        Image.fromarray(phantoms.images[i]).save(other / "images" / f"site2_{i}.png")
+        Image.fromarray(phantoms.masks[i].astype(np.uint8) * 255).save(other / "masks" / f"site2_{i}.png")
+    summary = evaluate_corruptions(cv_run, tmp_path / "robust", dataset="folder", root=other,
+                                   corruptions=["annotations"], severities=[5], progress=False)
+    assert summary["subset"] == "all" and summary["n_models"] == 2 and summary["n_images"] == 2 * 5
+    with open(tmp_path / "robust" / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["fold"], r["id"]) for r in rows} == {(str(f), f"site2_{i}") for f in (0, 1) for i in range(5)}

@@ -19,7 +19,7 @@ PACKAGE_DIR = Path(busseg.__file__).parent
 #: the layers, bottom first: a folder may import its own files and folders of lower layers.
 LAYERS = [
     {"errors", "console"},
-    {"fileio"},
+    {"fileio", "schema"},
     {"data", "models", "metrics", "postprocess", "viz"},
     {"losses"},
     {"inference"},

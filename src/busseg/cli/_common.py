@@ -78,6 +78,10 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, default=None, help="override the recipe's image size")
     g.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     g.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    g.add_argument("--augmentation", default=None, choices=("paper", "robust"),
+                   help="paper: the recipe's own augmentation (default); robust: replace it with the robust "
+                        "preset (nnU-Net's pipeline + ultrasound speckle, depth gain, dynamic range, field of "
+                        "view, elastic; busseg.data.augment.ROBUST_PRESET)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe field, e.g. --set optimizer.lr=1e-4 (repeatable)")
 
@@ -94,6 +98,8 @@ def resolve_recipe(args) -> dict:
     if args.model is not None and args.model != recipe["model"]:
         model_info(args.model)
         overrides.insert(0, f"model={args.model}")
+    if getattr(args, "augmentation", None) == "robust":
+        overrides.insert(0, "augmentation={preset: robust}")
     for field, value in (("encoder_weights", args.encoder_weights), ("epochs", args.epochs),
                          ("image_size", args.image_size), ("batch_size", args.batch_size),
                          ("seed", args.seed)):

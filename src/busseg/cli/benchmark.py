@@ -34,8 +34,8 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
                    help="paper (each model's own recipe; default), quick, or a YAML file of recipe fields "
                         "applied to every model")
     g.add_argument("--quick", action="store_true",
-                   help="the fixed-budget quick protocol: 128x128, 3 epochs, batch 8, same augmentation, no "
-                        "pretrained weights, 3 folds, precise BatchNorm statistics (same as --protocol quick)")
+                   help="the fixed-budget quick protocol: 128x128, 3 epochs, batch 8, the robust augmentation "
+                        "preset for every model, no pretrained weights, 3 folds, precise BatchNorm statistics (same as --protocol quick)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                    help="recipe override applied after the protocol, to every model (--set epochs=5) or to one "
                         "model (--set unet:model_options.base_channels=8) (repeatable)")
@@ -65,6 +65,10 @@ def register(sub) -> None:
     run.add_argument("--folds", default=None, help="comma-separated subset of folds to run, e.g. 0,1")
     run.add_argument("--cross", action="append", default=[], metavar="DATASET[=ROOT]",
                      help="also evaluate every fold model on all images of this dataset (repeatable)")
+    run.add_argument("--corruptions", nargs="?", const="all", default=None, metavar="NAMES",
+                     help="also run the robustness benchmark: every fold model on its test images under "
+                          "scanner-like corruptions at five severities (comma-separated subset, default all); "
+                          "the report gains a robustness table, Dice-vs-severity plot and an example grid")
     run.add_argument("--no-complexity", action="store_true", help="skip parameters/FLOPs/timing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--dry-run", action="store_true",
@@ -134,6 +138,7 @@ def _common(args, models: list[str]) -> dict:
 
 def _print_plan(models: list[str], options: dict, out: str) -> None:
     """The dry run: every recipe resolved and checked as the run checks it, nothing written."""
+    from busseg.data.augment import describe_augmentation
     from busseg.report.benchmark import check_results_folder, plan_benchmark, resolve_protocol
 
     protocol = resolve_protocol(options["protocol"], options["overrides"])
@@ -144,12 +149,22 @@ def _print_plan(models: list[str], options: dict, out: str) -> None:
     print(f"protocol {protocol.name!r}, {k} folds of one shared split of {options['dataset']}, {len(planned)} model(s) "
           "(every model, objective and optimiser built and checked):")
     print(f"  {'model':<24} {'size':>5} {'epochs':>6} {'batch':>5} {'channels':>8}  {'weights':<8} "
-          "optimizer / loss / in the results folder")
+          "optimizer / loss / augmentation / in the results folder")
     for name, r in planned.items():
         own = (options["model_overrides"] or {}).get(name)
         print(f"  {name:<24} {r['image_size']:>5} {r['epochs']:>6} {r['batch_size']:>5} {r['in_channels']:>8}  "
               f"{r['encoder_weights']:<8} {r['optimizer']['name']} lr={r['optimizer']['lr']} / {r['loss']['name']} / "
-              f"{state[name]}" + (f"; own overrides {' '.join(own)}" if own else ""))
+              f"{describe_augmentation(r['augmentation'])} / {state[name]}"
+              + (f"; own overrides {' '.join(own)}" if own else ""))
+
+
+def _corruptions(args) -> list[str] | None:
+    """The corruption names of ``--corruptions`` (all when given without names), or ``None``."""
+    if args.corruptions is None:
+        return None
+    from busseg.data.corruptions import parse_corruptions
+
+    return parse_corruptions(args.corruptions)
 
 
 def _run(args) -> int:
@@ -160,11 +175,13 @@ def _run(args) -> int:
     if args.dry_run:
         parse_folds(args.folds)
         parse_cross(args.cross)
+        _corruptions(args)
         _print_plan(models, options, args.out)
         return 0
     folds = parse_folds(args.folds)
     record = run_benchmark(args.out, models, folds=folds, split=args.split,
-                           cross=parse_cross(args.cross), complexity=not args.no_complexity,
+                           cross=parse_cross(args.cross), corruptions=_corruptions(args),
+                           complexity=not args.no_complexity,
                            report=not args.no_report, **options)
     for model, status in record["status"].items():
         print(f"{model}: " + ("FAILED " + status["error"] if "error" in status else

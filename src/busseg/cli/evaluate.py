@@ -35,6 +35,13 @@ def register(sub) -> None:
     p.add_argument("--figures", type=int, default=0, metavar="N",
                    help="save N case figures per model (best to worst Dice): original, ground truth, "
                         "predicted, post-processed and attention overlay")
+    p.add_argument("--corruptions", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="also run the robustness benchmark into OUT/corruptions: every test image under "
+                        "scanner-like corruptions (gain, tgc, speckle, blur, contrast, gamma, zoom, jpeg, "
+                        "annotations; comma-separated subset, default all) at five severities, scored in the "
+                        "image's own geometry")
+    p.add_argument("--severities", default="1,2,3,4,5", help="corruption severities (default 1,2,3,4,5)")
+    p.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions' random choices")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 
@@ -60,6 +67,7 @@ def run(args) -> int:
 
     options = data_options(args)
     postprocess = parse_postprocess(args.postprocess)
+    corruptions = _corruption_settings(args)  # checked before the evaluation, which may take a while
     result = evaluate_run(args.run, args.out, dataset=args.dataset, root=args.root, data_options=options,
                           subset=args.subset, tta=args.tta, postprocess=postprocess,
                           ensemble=args.ensemble, device=args.device, include_normal=args.include_normal,
@@ -75,5 +83,40 @@ def run(args) -> int:
         print(f"  ensemble of {result['n_models']} models (one score, ± is the std over images): "
               f"Dice {100 * e['dice_mean']:.2f} ± {100 * e['dice_std']:.2f}, "
               f"IoU {100 * e['iou_mean']:.2f} ± {100 * e['iou_std']:.2f}")
+    if corruptions is not None:
+        run_corruptions(args, *corruptions, postprocess)
     print(f"results in {args.out}")
     return 0
+
+
+def _corruption_settings(args) -> tuple[list[str], list[int]] | None:
+    """``(corruptions, severities)`` of ``--corruptions``/``--severities``, checked; ``None``
+    without ``--corruptions``."""
+    if args.corruptions is None:
+        return None
+    from busseg.data.corruptions import check_corruptions, parse_corruptions
+    from busseg.errors import ConfigError
+
+    try:
+        severities = [int(s) for s in args.severities.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--severities: expected comma-separated integers 1-5, got {args.severities!r}") from None
+    return check_corruptions(parse_corruptions(args.corruptions), severities)
+
+
+def run_corruptions(args, corruptions: list[str], severities: list[int], postprocess) -> None:
+    """The robustness benchmark into ``OUT/corruptions``, with evaluate's TTA and post-processing
+    (its clean rows are the masks the evaluation above scored, in the original geometry)."""
+    from pathlib import Path
+
+    from busseg.engine.robustness import evaluate_corruptions, format_robustness
+
+    if args.geometry != "original":
+        print("note: the robustness benchmark scores in the images' original geometry (corruptions such as zoom "
+              "change the image itself), whatever --geometry says")
+    summary = evaluate_corruptions(args.run, Path(args.out) / "corruptions", dataset=args.dataset, root=args.root,
+                                   data_options=data_options(args), subset=args.subset,
+                                   corruptions=corruptions, severities=severities, seed=args.corruption_seed,
+                                   device=args.device, include_normal=args.include_normal, tta=args.tta,
+                                   postprocess=postprocess)
+    print(format_robustness(summary))

@@ -378,3 +378,10 @@ def normalize(images, mode: str):
     if mode == "imagenet":
         out = (out - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD
     return out
+
+
+def model_input(pixels, normalization: str, in_channels: int = 1):
+    """Grey images in [0, 1] ``[B, 1, H, W]`` (torch) -> the model's input ``[B, C, H, W]``:
+    :func:`normalize` per image, then the grey channel repeated to ``in_channels``."""
+    x = normalize(pixels, normalization)
+    return x if in_channels == 1 else x.repeat(1, in_channels, 1, 1)

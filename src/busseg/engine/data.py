@@ -40,15 +40,30 @@ def load_dataset(
 
 
 class InMemoryTensors:
-    """Normalised image tensors ``[N,C,S,S]``, masks ``[N,1,S,S]`` and labels ``[N]``."""
+    """Grey images in [0, 1] ``[N,1,S,S]`` (``pixels``), masks ``[N,1,S,S]`` and labels ``[N]``.
+
+    Batches (:meth:`gather`) carry the [0, 1] pixels: augmentation acts on them, and the
+    training task normalises each batch afterwards (:func:`busseg.data.preprocess.model_input`).
+    :attr:`images` holds the normalised model input of every sample (evaluation without
+    augmentation), computed on first use."""
 
     def __init__(self, prepared: PreparedData, normalization: str, in_channels: int = 1) -> None:
-        images = torch.as_tensor(np.asarray(normalize(prepared.images, normalization), np.float32))
-        self.images = images[:, None].repeat(1, in_channels, 1, 1).contiguous()
+        self.normalization, self.in_channels = normalization, in_channels
+        self.pixels = (torch.as_tensor(np.asarray(prepared.images), dtype=torch.float32) / 255.0)[:, None].contiguous()
+        self._prepared_images = prepared.images
+        self._images: torch.Tensor | None = None
         self.masks = torch.as_tensor(prepared.masks, dtype=torch.float32)[:, None].contiguous()
         self.labels = torch.as_tensor(np.asarray(prepared.labels), dtype=torch.long)
         self.ids = list(prepared.ids)
         self.index = {sid: i for i, sid in enumerate(self.ids)}
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Normalised model inputs ``[N,C,S,S]`` (on the device of :attr:`pixels`)."""
+        if self._images is None:
+            images = torch.as_tensor(np.asarray(normalize(self._prepared_images, self.normalization), np.float32))
+            self._images = images[:, None].repeat(1, self.in_channels, 1, 1).contiguous().to(self.pixels.device)
+        return self._images
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,7 +71,9 @@ class InMemoryTensors:
     def to(self, device: str | torch.device) -> "InMemoryTensors":
         """Keep the whole (preprocessed, small) dataset on ``device``: batches are then gathered
         there and never cross the bus during training."""
-        self.images = self.images.to(device)
+        self.pixels = self.pixels.to(device)
+        if self._images is not None:
+            self._images = self._images.to(device)
         self.masks = self.masks.to(device)
         self.labels = self.labels.to(device)
         return self
@@ -65,9 +82,9 @@ class InMemoryTensors:
         return [self.index[i] for i in ids]
 
     def gather(self, idx: list[int]) -> dict:
-        t = torch.as_tensor(idx, dtype=torch.long, device=self.images.device)
+        t = torch.as_tensor(idx, dtype=torch.long, device=self.pixels.device)
         return {
-            "image": self.images[t],
+            "image": self.pixels[t],  # [0, 1]: augmented, then normalised, by the training task
             "mask": self.masks[t],
             "label": self.labels[t],
             "index": t,

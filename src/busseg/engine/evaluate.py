@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,86 @@ def trained_on_same_data(
     return _same_folder(run_record.get("data_root"), root) or bool(ids & split_ids)
 
 
+SUBSETS = ("auto", "test", "all")
+
+
+def check_subset(subset: str) -> str:
+    if subset not in SUBSETS:
+        raise ConfigError(f"subset {subset!r} unknown; choose {', '.join(SUBSETS[:-1])} or {SUBSETS[-1]}")
+    return subset
+
+
+@dataclass(frozen=True)
+class ScoredImages:
+    """Which images each model of a run is scored on (:func:`select_images`).
+
+    Attributes:
+        subset: ``"test"`` (each fold model on its own test fold) or ``"all"`` (every image).
+        in_domain: the data are those the run was trained on (:func:`trained_on_same_data`).
+        trained_on: the dataset named in the run's ``run.json`` (``None`` when unknown).
+        ids: per model, in the order of ``find_models``, the ids it scores.
+    """
+
+    subset: str
+    in_domain: bool
+    trained_on: str | None
+    ids: list[list[str]]
+
+
+def select_images(
+    run: str | Path,
+    models: list[tuple[int | None, Path]],
+    prepared: PreparedData,
+    *,
+    dataset: str,
+    root: str | Path | None,
+    data_options: dict | None,
+    subset: str = "auto",
+    ensemble: bool = False,
+) -> ScoredImages:
+    """The images each fold model of ``run`` (``models``: :func:`find_models`) is scored on —
+    the one rule every evaluation of a run follows (``evaluate``, the robustness benchmark):
+
+    - ``subset="test"``: each fold model on its own test fold of the run's ``split.json``;
+    - ``subset="all"``: every model on every image of ``prepared`` (cross-dataset evaluation;
+      a warning when these are the training data: the scores include training images);
+    - ``subset="auto"``: ``test`` on the data the run was trained on, ``all`` elsewhere.
+
+    ``ensemble`` (the mean of the fold models on every image) is refused on the training data,
+    where every image was trained on by all but one fold model."""
+    from busseg.data.splits import fold_ids, load_split
+
+    check_subset(subset)
+    record = _run_record(models[0][1])
+    in_domain = trained_on_same_data(record, dataset, root, data_options, set(prepared.ids),
+                                     _split_ids(models[0][1]))
+    if ensemble and in_domain:
+        raise ConfigError(
+            f"--ensemble on {dataset!r}, the data {run} was trained on: every image there was trained on by "
+            "all but one fold model, so an ensemble's score would be leaky (optimistic). The in-domain estimate "
+            "is each fold model on its own test fold (the default); use --ensemble for another dataset "
+            "(cross-dataset evaluation)"
+        )
+    if subset == "auto":
+        subset = "test" if in_domain and models[0][0] is not None else "all"
+    elif subset == "all" and in_domain:
+        log.warning("scoring every fold model on every image of %s, the data it was trained on: "
+                    "the scores include training images", dataset)
+    if ensemble and subset != "all":
+        raise ConfigError("--ensemble scores the mean of the fold models on every image; here each fold model is "
+                          "scored on its own test fold (subset 'test'): pass --subset all to ensemble")
+    ids = []
+    for fold, path in models:
+        if subset == "test":
+            split_file = path.parent.parent / "split.json"
+            if fold is None or not split_file.is_file():
+                raise ConfigError(f"{path}: subset 'test' needs a fold run with its split.json; use subset 'all'")
+            ids.append(fold_ids(load_split(split_file, prepared.records), fold)[2])
+        else:
+            ids.append(list(prepared.ids))
+    return ScoredImages(subset, in_domain, record.get("dataset") if record else None, ids)
+
+
 def evaluate_run(
     run: str | Path,
     out_dir: str | Path,
@@ -262,48 +343,23 @@ def evaluate_run(
     truth, predicted, post-processed, attention) under ``<out>/<fold>/figures``, drawn from the
     very masks the CSV scores (same TTA, geometry and post-processing).
     """
-    from busseg.data.splits import fold_ids, load_split
     from busseg.engine.data import load_dataset
 
     _check_geometry(geometry)
-    if subset not in ("auto", "test", "all"):
-        raise ConfigError(f"subset {subset!r} unknown; choose auto, test or all")
+    check_subset(subset)
     out_dir = Path(out_dir)
     models = find_models(run)
     if ensemble and len(models) < 2:
         raise ConfigError(f"--ensemble averages several fold models; {run} holds {len(models)}")
     predictors = [load(path, device=device, tta=tta) for _, path in models]
     recipe = predictors[0].recipe
-    record = _run_record(models[0][1])
-    trained_on = record.get("dataset") if record else None
     prepare_output_dir(out_dir)
     prepared = load_dataset(dataset, root, recipe, data_options, include_normal)
-    in_domain = trained_on_same_data(record, dataset, root, data_options, set(prepared.ids),
-                                     _split_ids(models[0][1]))
-    if ensemble and in_domain:
-        raise ConfigError(
-            f"--ensemble on {dataset!r}, the data {run} was trained on: every image there was trained on by "
-            "all but one fold model, so an ensemble's score would be leaky (optimistic). The in-domain estimate "
-            "is each fold model on its own test fold (the default); use --ensemble for another dataset "
-            "(cross-dataset evaluation)"
-        )
-    if subset == "auto":
-        subset = "test" if in_domain and models[0][0] is not None else "all"
-    elif subset == "all" and in_domain:
-        log.warning("scoring every fold model on every image of %s, the data it was trained on: "
-                    "the scores include training images", dataset)
-    if ensemble and subset != "all":
-        raise ConfigError("--ensemble scores the mean of the fold models on every image; here each fold model is "
-                          "scored on its own test fold (subset 'test'): pass --subset all to ensemble")
+    chosen = select_images(run, models, prepared, dataset=dataset, root=root, data_options=data_options,
+                           subset=subset, ensemble=ensemble)
+    subset, trained_on = chosen.subset, chosen.trained_on
     per_model, all_rows = [], []
-    for (fold, path), predictor in zip(models, predictors):
-        if subset == "test":
-            split_file = path.parent.parent / "split.json"
-            if fold is None or not split_file.is_file():
-                raise ConfigError(f"{path}: subset 'test' needs a fold run with its split.json; use subset 'all'")
-            ids = fold_ids(load_split(split_file, prepared.records), fold)[2]
-        else:
-            ids = prepared.ids
+    for (fold, _), predictor, ids in zip(models, predictors, chosen.ids):
         tag = f"fold_{fold}" if fold is not None else "model"
         rows, summary = evaluate_predictor(
             predictor, prepared.subset(ids), out_dir / tag, postprocess=postprocess, geometry=geometry,

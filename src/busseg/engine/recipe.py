@@ -3,7 +3,8 @@
 A recipe is loaded from ``busseg/recipes/<name>.yaml`` (or any path), checked field by field
 (unknown fields and wrong types are a :class:`ConfigError` naming the file and the field),
 and any field can be overridden with ``key=value`` strings (``optimizer.lr=3e-4``,
-``augmentation.hflip=0.5``, ``epochs=2``); values are parsed as YAML.
+``augmentation.hflip=0.5``, ``epochs=2``); values are parsed as YAML. The ``augmentation``
+section is checked by :func:`busseg.data.augment.resolve_augmentation` (``preset: robust``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any, Callable
 
 import yaml
 
+from busseg.data.augment import resolve_augmentation
 from busseg.data.splits import DEFAULT_VAL_FRACTION
 from busseg.errors import ConfigError
+from busseg.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, boolean, check_section, choice, number, pair
 
 #: Every recipe field, its type(s) and default. Nested sections are checked key by key against
 #: the schemas below (unknown keys and out-of-range values are refused).
@@ -86,59 +89,6 @@ MAX_IMAGE_SIZE = 4096
 # is refused (an option the code would silently ignore is a typo or a misunderstanding).
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, integer: bool = False) -> Callable[[Any], str | None]:
-    """A number (an integer with ``integer``) in the interval given by ``lo``/``hi``."""
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    interval = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
-
-    def check(value: Any) -> str | None:
-        if integer and not (isinstance(value, int) and not isinstance(value, bool)):
-            return f"must be an integer, got {value!r}"
-        if not _is_number(value):
-            return f"must be a number, got {value!r}"
-        if value != value or (lo is not None and (value < lo or (lo_open and value == lo))) \
-                or (hi is not None and (value > hi or (hi_open and value == hi))):
-            return f"must be in {interval}, got {value!r}"
-        return None
-
-    return check
-
-
-def pair(element: Callable[[Any], str | None], *, ordered: bool = True) -> Callable[[Any], str | None]:
-    """A ``[a, b]`` list whose elements pass ``element`` (and ``a <= b`` when ``ordered``)."""
-
-    def check(value: Any) -> str | None:
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            return f"must be a pair [a, b], got {value!r}"
-        for v in value:
-            problem = element(v)
-            if problem:
-                return f"element {v!r}: {problem}"
-        if ordered and value[0] > value[1]:
-            return f"must be [min, max] with min <= max, got {list(value)!r}"
-        return None
-
-    return check
-
-
-def choice(*options: Any) -> Callable[[Any], str | None]:
-    return lambda value: None if value in options else f"must be one of {', '.join(map(str, options))}; got {value!r}"
-
-
-def boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
-
-
-PROBABILITY = number(0, 1)
-NON_NEGATIVE = number(0)
-POSITIVE = number(0, lo_open=True)
-
 _ADAM = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": pair(number(0, 1, hi_open=True), ordered=False),
          "eps": POSITIVE}
 #: Options of each optimizer (``torch.optim`` keyword arguments) besides ``name``.
@@ -160,16 +110,6 @@ SCHEDULER_SCHEMAS: dict[str, dict[str, Callable]] = {
     "cosine": {"eta_min": NON_NEGATIVE},
     "step": {"step_size": number(1, integer=True), "gamma": number(0, 1, lo_open=True)},
 }
-#: Augmentation keys (``busseg.data.augment.BatchAugmenter``): one check per key.
-AUGMENTATION_SCHEMA: dict[str, Callable] = {
-    "hflip": PROBABILITY,
-    "vflip": PROBABILITY,
-    "rotate": PROBABILITY,
-    "rotate_deg": pair(number(0, 180)),
-    "scale": pair(number(0, 10, lo_open=True)),
-    "brightness": number(0, 1),
-    "contrast": number(0, 1),
-}
 VALIDATION_SCHEMA: dict[str, Callable] = {
     "fraction": number(0, 1, lo_open=True, hi_open=True),
     "monitor": choice(*MONITORS),
@@ -190,18 +130,6 @@ PRECISE_BN_SCHEMA: dict[str, Callable] = {
 }
 
 
-def check_section(section: dict, schema: dict[str, Callable], where: str, source: str) -> None:
-    """Refuse keys ``schema`` does not know and values its checks reject, naming the field."""
-    unknown = sorted(set(section) - set(schema))
-    if unknown:
-        known = ", ".join(sorted(schema)) or "none"
-        raise ConfigError(f"{source}: unknown option(s) {unknown} in {where}; known: {known}")
-    for key, value in section.items():
-        problem = schema[key](value)
-        if problem:
-            raise ConfigError(f"{source}: {where}.{key} {problem}")
-
-
 def _check_nested(full: dict, source: str) -> None:
     opt = full["optimizer"]
     if opt.get("name") not in OPTIMIZERS:
@@ -216,7 +144,12 @@ def _check_nested(full: dict, source: str) -> None:
                   f"scheduler ({sched.get('name', 'none')})", source)
     if not isinstance(full["loss"].get("name"), str):
         raise ConfigError(f"{source}: loss.name is required (the objective's registered name)")
-    check_section(full["augmentation"], AUGMENTATION_SCHEMA, "augmentation", source)
+    # the augmentation module owns its schema (and expands a preset); the preset's name stays in
+    # the recipe so that a saved recipe.yaml says which preset it came from, and re-validating
+    # the expanded section gives it back unchanged (a resumed run compares equal)
+    preset = full["augmentation"].get("preset")
+    resolved = resolve_augmentation(full["augmentation"], source)
+    full["augmentation"] = {"preset": preset, **resolved} if preset else resolved
     check_section(full["validation"], VALIDATION_SCHEMA, "validation", source)
     if full["early_stopping"] is not None:
         check_section(full["early_stopping"], EARLY_STOPPING_SCHEMA, "early_stopping", source)
@@ -253,10 +186,18 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+def _replaces_whole(key: str, value: Any) -> bool:
+    """Mappings merge key by key, except ``loss`` (its keys belong together) and a section that
+    names a ``preset`` (``augmentation: {preset: robust}``, ``postprocess: {preset: paper}``):
+    choosing a preset starts from the preset, it is not mixed with the keys of the section it
+    replaces (the paper's ``hflip: 0`` would silently switch off the preset's mirroring)."""
+    return key == "loss" or (isinstance(value, dict) and "preset" in value)
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "loss":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _replaces_whole(key, value):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -330,9 +271,9 @@ def load_recipe(name_or_path: str | Path) -> dict:
 
 def merge_recipe(recipe: dict, partial: dict, source: str = "partial recipe") -> dict:
     """``partial`` (some recipe fields, e.g. ``{model_options: {base_channels: 8}, epochs: 7}``)
-    merged onto ``recipe`` and validated: mappings merge key by key (``loss`` is replaced whole:
-    its keys belong together), other fields are replaced. Unknown fields are an error naming
-    ``source``."""
+    merged onto ``recipe`` and validated: mappings merge key by key (``loss`` and a section naming
+    a ``preset`` are replaced whole, see :func:`_replaces_whole`), other fields are replaced.
+    Unknown fields are an error naming ``source``."""
     if not isinstance(partial, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of fields")
     unknown = sorted(set(partial) - set(DEFAULTS))
@@ -342,7 +283,11 @@ def merge_recipe(recipe: dict, partial: dict, source: str = "partial recipe") ->
 
 
 def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "override") -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) in order and re-validate.
+
+    ``key=value`` replaces a field (``augmentation={preset: robust}`` replaces the section);
+    ``section.key=value`` sets one key of a section, except ``section.preset=NAME``, which starts
+    the section from that preset (see :func:`_replaces_whole`)."""
     out = copy.deepcopy(recipe)
     for item in overrides or []:
         if "=" not in item:
@@ -355,6 +300,11 @@ def apply_overrides(recipe: dict, overrides: list[str] | None, source: str = "ov
         parts = key.strip().split(".")
         if parts[0] not in DEFAULTS:
             raise ConfigError(f"{source} {item!r}: unknown recipe field {parts[0]!r}")
+        if parts[-1] == "preset" and len(parts) == 2:
+            # ``augmentation.preset=robust`` chooses the preset: the section starts from it (later
+            # overrides such as ``augmentation.hflip=0`` then change it), see _replaces_whole
+            out[parts[0]] = {"preset": value}
+            continue
         node = out
         for p in parts[:-1]:
             if node.get(p) is None:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from busseg.data.augment import BatchAugmenter
+from busseg.data.preprocess import model_input
 from busseg.losses import create_objective
 from busseg.models import model_info
 from busseg.models.checkpoint import build_model_from_recipe
@@ -147,11 +148,11 @@ class SegmentationTask(L.LightningModule):
         torch.manual_seed(self.seed * 7919 + self.current_epoch)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # batches hold [0, 1] pixels: augmentation acts on them, normalisation follows
         if self.trainer is not None and self.trainer.training and self.augmenter.enabled:
-            g = torch.Generator().manual_seed(
-                self.seed * 1_000_003 + self.current_epoch * 10_007 + int(batch["seed_key"])
-            )
-            batch["image"], batch["mask"] = self.augmenter(batch["image"], batch["mask"], g)
+            seed = self.seed * 1_000_003 + self.current_epoch * 10_007 + int(batch["seed_key"])
+            batch["image"], batch["mask"] = self.augmenter(batch["image"], batch["mask"], seed)
+        batch["image"] = model_input(batch["image"], self.recipe["normalization"], self.recipe["in_channels"])
         return batch
 
     def training_step(self, batch, batch_idx: int):

@@ -308,14 +308,15 @@ class Predictor:
         shape: tuple[int, int],
         p_malignant: float | None = None,
         spacing: tuple[float, float] | None = None,
+        measure: bool = True,
     ) -> Prediction:
         """The :class:`Prediction` of one image of ``shape`` from its network-size probability
-        and malignancy probability (steps 4-5)."""
+        and malignancy probability (steps 4-5; step 5 only with ``measure``)."""
         mask = full = measurements = None
         if probability is not None:
             full = resize_probability(probability, shape)
             mask = postprocess_mask(full, self.postprocess)
-            measurements = lesion_measurements(mask, spacing)
+            measurements = lesion_measurements(mask, spacing) if measure else None
         classes = None
         if p_malignant is not None:
             classes = {CLASS_NAMES[0]: 1.0 - float(p_malignant), CLASS_NAMES[1]: float(p_malignant)}
@@ -323,16 +324,18 @@ class Predictor:
 
     # ---------------------------------------------------------------------- call
 
-    def __call__(self, image, *, spacing: tuple[float, float] | None = None):
+    def __call__(self, image, *, spacing: tuple[float, float] | None = None, measure: bool = True):
         """Predict one image (a path, a NumPy array or a PIL image), or a list of them.
 
         ``spacing``: ``(row_mm, col_mm)`` for images that record none (a DICOM file's own
-        spacing wins); measurements are then also given in mm."""
+        spacing wins); measurements are then also given in mm. ``measure=False`` skips the
+        measurements (``Prediction.measurements`` is then ``None``): callers that only score
+        the mask, such as the robustness benchmark, spare that work."""
         if isinstance(image, (list, tuple)):
-            return self._predict_many(list(image), spacing)
-        return self._predict_many([image], spacing)[0]
+            return self._predict_many(list(image), spacing, measure)
+        return self._predict_many([image], spacing, measure)[0]
 
-    def _predict_many(self, images: list, spacing) -> list[Prediction]:
+    def _predict_many(self, images: list, spacing, measure: bool = True) -> list[Prediction]:
         default = check_spacing(spacing)
         results: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
@@ -344,7 +347,7 @@ class Predictor:
             seg, cls = self.probabilities(batch)
             for i, (gray, image_spacing) in enumerate(decoded):
                 results.append(self.finish(None if seg is None else seg[i], gray.shape,
-                                           None if cls is None else float(cls[i]), image_spacing))
+                                           None if cls is None else float(cls[i]), image_spacing, measure))
         return results
 
     def __repr__(self) -> str:

@@ -11,6 +11,9 @@ Layout of a results folder (everything the report shows is read back from these 
         cv_summary.json, cv_per_image.csv
         cross/<other dataset>/                every fold model on every image of another
                                               dataset (busseg.engine.evaluate.evaluate_run)
+        robustness/                           with ``corruptions``: every fold model on its test
+                                              images under scanner-like corruptions
+                                              (busseg.engine.robustness)  
 
 Training and evaluation are the engine's (``cross_validate`` and ``evaluate_run``); this module
 only decides WHAT to run (recipes under a protocol, the shared split) and skips what is done:
@@ -22,12 +25,13 @@ Protocols:
 - ``paper``: each model's own paper recipe (its epochs, size, augmentation, optimiser...);
   only the split is shared.
 - ``quick`` (:data:`QUICK_PROTOCOL`): one fixed budget for every model — 128×128, 3 epochs,
-  batch 8, the same light augmentation, no pretrained weights, no early stopping, 3 folds,
-  lesion images only (``include_normal: false``) — so that all models run on a CPU in bounded
-  time. A smoke comparison, NOT paper numbers; the report says so in a banner. BatchNorm
-  statistics are re-estimated over up to 32 training batches before every validation
-  (``precise_bn``, :mod:`busseg.engine.batchnorm`): after three epochs the running averages
-  still lag the weights, and the comparison should score the weights, not that lag.
+  batch 8, the same ``robust`` augmentation preset (:data:`busseg.data.augment.ROBUST_PRESET`),
+  no pretrained weights, no early stopping, 3 folds, lesion images only (``include_normal:
+  false``) — so that all models run on a CPU in bounded time. A smoke comparison, NOT paper
+  numbers; the report says so in a banner. BatchNorm statistics are re-estimated over up to 32
+  training batches before every validation (``precise_bn``, :mod:`busseg.engine.batchnorm`):
+  after three epochs the running averages still lag the weights, and the comparison should
+  score the weights, not that lag.
 - a YAML file: a mapping of recipe fields applied to every model's recipe (a common protocol
   of your own, e.g. ``{epochs: 100, image_size: 256, augmentation: {...}}``).
 
@@ -64,8 +68,7 @@ QUICK_PROTOCOL: dict[str, Any] = {
     "epochs": 3,
     "batch_size": 8,
     "encoder_weights": "none",
-    "augmentation": {"hflip": 0.5, "vflip": 0.0, "rotate": 0.3, "rotate_deg": [0, 15],
-                     "scale": [0.9, 1.1], "brightness": 0.1, "contrast": 0.1},
+    "augmentation": {"preset": "robust"},
     "early_stopping": None,
     "validation": {"fraction": 0.2, "monitor": "val_dice", "mode": "max"},
     "cv_folds": 3,
@@ -355,6 +358,7 @@ def run_benchmark(
     model_overrides: Mapping[str, Sequence[str]] | None = None,
     cross: Sequence[tuple[str, str | None]] = (),
     data_options: dict | None = None,
+    corruptions: Sequence[str] | None = None,
     complexity: bool = True,
     report: bool = True,
     accelerator: str = "auto",
@@ -370,7 +374,8 @@ def run_benchmark(
     ``model_overrides`` maps a model to ``key=value`` overrides of its own, applied last. Every
     model's recipe is checked before the first one trains (:func:`plan_benchmark`), and a model
     already in ``out`` must have been trained with the same recipe (:func:`check_results_folder`).
-    Returns the invocation record added to ``benchmark.json``.
+    ``corruptions``: also run the robustness benchmark (these corruption names, five severities)
+    on every fold model's test images. Returns the invocation record added to ``benchmark.json``.
 
     Failures of one model (an exception while training or evaluating it) are recorded in
     ``benchmark.json`` and the next model runs; they are listed in the returned record's
@@ -442,6 +447,14 @@ def run_benchmark(
 
                 evaluate_run(cv_dir, cross_dir, dataset=name, root=cross_root, subset="all", device=device)
                 status[f"cross:{name}"] = "evaluated"
+            if corruptions:
+                from busseg.engine.robustness import evaluate_corruptions
+
+                # resumable: finished (fold, corruption) parts are reused
+                evaluate_corruptions(cv_dir, cv_dir / "robustness", dataset=dataset, root=root,
+                                     data_options=data_options, subset="test", corruptions=corruptions,
+                                     device=device, progress=progress)
+                status["robustness"] = "evaluated"
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # one broken model must not stop the comparison of the others

@@ -256,7 +256,48 @@ def _dataset_section(doc: Document, bench: BenchmarkResults, dataset: str, model
                                                      "of another dataset: mean ± std across the fold models",
                                      _source(base, "Computed from", files)))
 
+    _robustness_section(doc, bench, dataset, models, out, aligned)
     _provenance(doc, base, dataset, models, split_path)
+
+
+def _robustness_section(doc: Document, bench: BenchmarkResults, dataset: str, models: dict[str, ModelResults],
+                        out: dict, aligned: pd.DataFrame) -> None:
+    """Robustness table, Dice against severity and an example grid of the corruptions, when the
+    benchmark ran with ``--corruptions``."""
+    from busseg.report.robustness import SCOPE, corruption_grid, dice_vs_severity, robustness_numbers, robustness_table
+
+    base = bench.directory
+    numbers = robustness_numbers({m: r.directory for m, r in models.items()})
+    if not numbers:
+        return
+    out["robustness"] = {m: {k: s.get(k) for k in ("clean_dice", "mean_corruption_dice", "relative_robustness",
+                                                   "dice_by_severity", "by_corruption", "augmentation", "n_images")}
+                         for m, s in numbers.items()}
+    doc.heading("Robustness to scanner-like corruptions", 3)
+    files = [(f"{m}/robustness/per_image.csv", models[m].directory / "robustness" / "per_image.csv") for m in numbers]
+    doc.table(robustness_table(numbers, f"{dataset}: Dice under corruptions (per-image means over every fold's test "
+                                        "images; per-corruption columns: mean over the five severities, %)",
+                               _source(base, "Computed from", files)))
+    doc.paragraph(SCOPE)
+    figures = base / "figures"
+    doc.figure(dice_vs_severity(numbers, figures / f"{dataset}_robustness.png", f"{dataset}: Dice against severity"),
+               "Mean Dice over the corruptions at each severity (0 = clean), one line per model.")
+    try:
+        from busseg.data.imageio import read_sample
+        from busseg.engine.train import load_dataset
+
+        info = bench.meta["datasets"][dataset]
+        sample_id = pick_cases(aligned)[min(1, len(aligned) - 1)][0] if len(aligned) else None
+        if sample_id is None:
+            raise DataError("no test image common to all models")
+        prepared = load_dataset(dataset, info.get("root"), next(iter(models.values())).recipe, info.get("data_options"))
+        image, mask = read_sample(prepared.records[prepared.index_of(sample_id)])
+        seed = next(iter(numbers.values())).get("seed", 0)
+        grid = corruption_grid(image, mask, sample_id, figures / f"{dataset}_corruptions.png", seed=seed)
+        doc.figure(grid, f"The corruptions on test image {sample_id} (the median case), clean and at severities 1, 3 "
+                         "and 5: exactly the pixels the models were given, shrunk for display.")
+    except (BussegError, OSError) as exc:
+        doc.paragraph(f"Example grid of the corruptions not drawn: {exc}")
 
 
 def _provenance(doc: Document, base: Path, dataset: str, models: dict[str, ModelResults], split_path: Path) -> None:
