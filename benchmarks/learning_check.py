@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.n_test} held out), seed {args.seed}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
     header = (f"{'model':22s} {'params':>8s} {'batch':>5s} {'loss first→last':>16s} "
-              f"{'Dice eval':>9s} {'Dice train':>10s} {'gap':>6s} {'s':>6s}  result")
+              f"{'Dice eval':>9s} {'Dice train':>10s} {'gap':>6s} {'BN':>7s} {'s':>6s}  result")
     print(header)
     print("-" * len(header))
     rows, failed = [], []
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
         print(f"{name:22s} {result.params / 1e6:7.2f}M {result.batch_size:5d} "
               f"{result.loss_first:7.3f}→{result.loss_last:<7.3f} {result.dice_eval:9.3f} "
-              f"{result.dice_train_mode:10.3f} {result.gap:6.3f} {time.perf_counter() - start:6.1f}  "
+              f"{result.dice_train_mode:10.3f} {result.gap:6.3f} {'precise' if result.precise_bn else 'running':>7s} "
+              f"{time.perf_counter() - start:6.1f}  "
               f"{'ok' if ok else 'FAIL'}", flush=True)
         rows.append(result.as_dict() | {"passed": ok})
     print(f"\nfloor {args.floor}, max gap {args.max_gap}: "
