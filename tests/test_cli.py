@@ -54,6 +54,8 @@ UNHONOURED = [
     (["cv", "--model", "unet", "--folds", "0,0", "--out", "{tmp}/c"], r"--folds .*twice"),
     (["data", "split", "phantom", "--random", "--threshold", "3", "--out", "{tmp}/s.json"],
      r"--threshold .*--random"),
+    (["data", "split", "phantom", "--random", "--no-crop-search", "--out", "{tmp}/s.json"],
+     r"--no-crop-search .*--random"),
     (["data", "split", "busbra", "--root", "{tmp}", "--busbra-official", "5", "--k", "3", "--out", "{tmp}/s.json"],
      r"--k .*--busbra-official"),
     (["data", "split", "busbra", "--root", "{tmp}", "--busbra-official", "5", "--random", "--out", "{tmp}/s.json"],

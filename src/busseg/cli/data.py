@@ -149,12 +149,14 @@ def _refuse_unused_split_options(args) -> None:
     if args.busbra_official is not None:
         for option, given in (("--k", args.k is not None), ("--threshold", args.threshold is not None),
                               ("--random", args.random), ("--include-normal", args.include_normal),
-                              ("--lenient", args.lenient)):
+                              ("--lenient", args.lenient), ("--no-crop-search", args.no_crop_search)):
             if given:
                 raise ConfigError(f"{option} has no effect with --busbra-official (the official partition fixes "
                                   "the folds and the images)")
     elif args.random and args.threshold is not None:
         raise ConfigError("--threshold groups near-duplicates, which --random deliberately ignores")
+    elif args.random and args.no_crop_search:
+        raise ConfigError("--no-crop-search changes how duplicates are grouped, which --random deliberately ignores")
 
 
 def _split(args) -> int:
