@@ -88,3 +88,18 @@ def test_progress_without_a_terminal_stays_quiet_for_a_short_stage():
     for _ in progress_bar(range(100), desc="auditing", unit="img", stream=stream, interval=60.0):
         pass
     assert stream.getvalue() == ""  # a stage shorter than the interval: its summary line is the caller's
+
+
+def test_progress_goes_through_the_console_module_only():
+    """Every progress display is ``busseg.console.progress_bar``: a tqdm bar only on a terminal,
+    plain lines in a log. A module creating its own tqdm bar writes ``\\r`` frames into logs
+    (the robustness benchmark and the crop search did)."""
+    import re
+    from pathlib import Path
+
+    import busseg
+
+    package = Path(busseg.__file__).parent
+    offenders = [str(path.relative_to(package)) for path in package.rglob("*.py")
+                 if path.name != "console.py" and re.search(r"^\s*(from tqdm|import tqdm)", path.read_text(), re.M)]
+    assert not offenders, f"modules drawing their own tqdm bars: {offenders}"

@@ -70,6 +70,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from busseg.console import progress_bar
 from busseg.errors import ConfigError
 
 try:  # OpenCV is a dependency; a clear message if a broken install hides it
@@ -426,11 +427,7 @@ def find_crop_duplicates(
     candidates = candidate_pairs(features, settings)
     t1 = time.perf_counter()
     todo = [(i, j) for i, j in candidates if already_linked is None or not already_linked(i, j)]
-    iterator = todo
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(todo, desc="checking crop/zoom candidates", unit="pair", leave=False)
+    iterator = progress_bar(todo, desc="checking crop/zoom candidates", unit="pair", enabled=progress)
     confirmed, rejected = [], []
     for i, j in iterator:
         first, second = (i, j) if ids[i] <= ids[j] else (j, i)

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from busseg.console import progress_bar
 from busseg.data.augment import describe_augmentation
 from busseg.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, corrupt
 from busseg.data.imageio import read_sample
@@ -159,11 +160,7 @@ def evaluate_corruptions(
     started = time.perf_counter()
     rows: list[dict] = []
     todo = ["none", *corruptions]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(models) * len(todo), desc="corruptions", unit="step", leave=False)
+    bar = progress_bar(total=len(models) * len(todo), desc="corruptions", unit="step", enabled=progress)
     for k, ((fold, _), ids) in enumerate(zip(models, chosen.ids)):
         tag = f"fold_{fold}" if fold is not None else "model"
         samples = None
@@ -172,8 +169,7 @@ def evaluate_corruptions(
             part = parts / f"{tag}__{name}.json"
             if part.is_file():
                 rows.extend(json.loads(part.read_text()))
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 continue
             if samples is None:
                 samples = [(sid, *read_sample(records[sid])) for sid in ids]
@@ -191,10 +187,8 @@ def evaluate_corruptions(
                                       **segmentation_metrics(predicted, target, spacing=rec.pixel_spacing_mm)})
             atomic_write_json(part, part_rows)
             rows.extend(part_rows)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     summary = {
         "format": ROBUSTNESS_FORMAT, "model": recipe["model"], "dataset": dataset, "trained_on": chosen.trained_on,
         "subset": chosen.subset, "n_models": len(models),
