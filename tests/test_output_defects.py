@@ -98,3 +98,14 @@ def test_missed_count_in_the_report_tables(tmp_path):
     results = ModelResults.__new__(ModelResults)
     object.__setattr__(results, "per_image", frame)
     assert segmentation_numbers({"m": results})["m"]["missed"] == 1
+
+
+def test_cv_printout_writes_a_missing_spread_the_same_way_for_every_metric():
+    """One fold model has no spread across models: Dice and HD95 alike say ``± n/a``, never
+    ``± nan``."""
+    from busseg.cli.cv import format_cv
+
+    nan = float("nan")
+    text = format_cv({"model": "unet", "folds": [0], "n_images": 3, "aggregation": "one fold",
+                      "segmentation": {"dice": {"mean": 0.64, "std": nan}, "hd95": {"mean": 99.2, "std": nan}}})
+    assert "dice 64.00 ± n/a" in text and "hd95 99.20 ± n/a px" in text and "nan" not in text

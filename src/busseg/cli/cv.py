@@ -34,7 +34,8 @@ def format_cv(cv: dict) -> str:
         if key in cv:
             parts = [f"{m} {format_mean_std(v['mean'], v['std'])}" for m, v in cv[key].items()
                      if m in ("dice", "iou", "precision", "recall", "specificity")]
-            parts += [f"{m} {v['mean']:.2f} ± {v['std']:.2f} px" for m, v in cv[key].items() if m in ("hd95", "asd")]
+            parts += [f"{m} {format_mean_std(v['mean'], v['std'], scale=1)} px" for m, v in cv[key].items()
+                      if m in ("hd95", "asd")]
             lines.append(f"  {title}: " + ", ".join(parts))
     for label, block in cv.get("by_class", {}).items():
         lines.append(f"  {label}: Dice {format_mean_std(block['dice']['mean'], block['dice']['std'])}")
